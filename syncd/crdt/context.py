@@ -208,7 +208,11 @@ class CausalContext:
         rs = self._by_replica.get(replica)
         if rs is None:
             rs = self._by_replica[replica] = Ranges()
-        rs.add(counter)
+        ends = rs.ends
+        if ends and ends[-1] + 1 == counter:
+            ends[-1] = counter
+        else:
+            rs.add_range(counter, counter)
 
     def add_range(self, replica: ReplicaId, start: int, end: int) -> None:
         if start > end:

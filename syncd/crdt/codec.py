@@ -1,0 +1,355 @@
+"""Canonical, versioned CBOR for documents (states and deltas), and a hardened decoder.
+
+Layout (CDDL-ish; protocol/ has the normative schema)::
+
+    document = [version: 1, replicas: [* tstr], context, map]
+    context  = [* [replica: uint, * (gap: uint, length: uint)]]   ; ranges, gap from previous end
+    dots     = [* (replica: uint, counter: uint)]                  ; sorted
+    map      = [present: dots, {* name => {* tag => store}}]
+    store    = register / counter / set / map / sequence
+    register = [* (replica, counter, value)]   counter = [* (replica, counter, int)]
+    set      = [present: dots, [* (element, dots)]]
+    sequence = [present: dots, sequence-body]   ; see syncd/crdt/sequence.py
+
+Replica ids are written once in a table and referred to by index. Encoding is deterministic
+(sorted keys, sorted dots, canonical CBOR), so equal states encode to equal bytes.
+
+The decoder accepts only what the encoder can produce: no tags, no indefinite lengths, no
+duplicate keys, no trailing bytes, bounded depth and size, every dot inside the context, no
+empty stores; anything else raises :class:`~syncd.errors.CodecError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import cbor2
+
+from syncd.crdt import stores
+from syncd.crdt.context import CausalContext
+from syncd.crdt.document import Document, FieldPath
+from syncd.crdt.dots import Dot
+from syncd.crdt.ops import MAX_DEPTH
+from syncd.crdt.sequence import Sequence
+from syncd.crdt.stores import (
+    COUNTER,
+    LIST,
+    MAP,
+    PRESENT,
+    REGISTER,
+    SET,
+    TEXT,
+    MapStore,
+    SeqStore,
+    SetStore,
+    canonical,
+)
+from syncd.errors import CodecError
+
+FORMAT_VERSION = 1
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+MAX_REPLICA_ID = 64
+_CBOR_DEPTH = 4 * MAX_DEPTH + MAX_DEPTH + 16
+_INT64 = 2**63
+_TAGS = {REGISTER: "r", COUNTER: "c", SET: "s", TEXT: "t", LIST: "l", MAP: "m"}
+_TAG_NAMES = {v: k for k, v in _TAGS.items()}
+
+# Built-in cbor2 semantic decoders (dates, bignums, regex, MIME, value sharing, ...) are all
+# turned off; any tag then reaches ``_refuse_tag``.
+_NO_SEMANTICS: dict[int, None] = {
+    t: None
+    for t in (*range(0, 64), 100, 256, 257, 258, 259, 260, 261, 262, 263, 266, 270, 1004, 55799)
+}
+
+
+def _refuse_tag(*_args: Any) -> Any:
+    raise ValueError("CBOR tags are not allowed")
+
+
+def cbor_loads(data: bytes, *, max_bytes: int, max_depth: int) -> Any:
+    """Decode one CBOR item strictly (see module docstring); raises CodecError only."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError("expected bytes")
+    if len(data) > max_bytes:
+        raise CodecError(f"encoded item is {len(data)} bytes, more than the limit {max_bytes}")
+    fp = io.BytesIO(data)
+    try:
+        dec = cbor2.CBORDecoder(
+            fp,
+            tag_hook=_refuse_tag,
+            semantic_decoders=_NO_SEMANTICS,
+            max_depth=max_depth,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        )
+        obj = dec.decode()
+    except Exception as e:  # cbor2 raises many types on hostile input; all mean "bad bytes"
+        raise CodecError(f"not valid CBOR: {e}") from None
+    if fp.tell() != len(data):
+        raise CodecError(f"{len(data) - fp.tell()} trailing bytes after the CBOR item")
+    return obj
+
+
+class _Index(dict[str, int]):
+    def __missing__(self, key: str) -> int:
+        i = self[key] = len(self)
+        return i
+
+
+def _dots_out(dots: Any, idx: _Index) -> list[int]:
+    out: list[int] = []
+    for r, n in sorted(dots, key=lambda d: (d[0], d[1])):
+        out += (idx[r], n)
+    return out
+
+
+def _map_out(m: MapStore, idx: _Index) -> list[Any]:
+    fields: dict[str, dict[str, Any]] = {}
+    for name, variants in m.fields.items():
+        fields[name] = {_TAGS[tag]: _store_out(tag, st, idx) for tag, st in variants.items()}
+    return [_dots_out(m.present, idx), fields]
+
+
+def _store_out(tag: str, st: Any, idx: _Index) -> Any:
+    if tag in (REGISTER, COUNTER):
+        out: list[Any] = []
+        for d in sorted(st):
+            out += (idx[d[0]], d[1], st[d])
+        return out
+    if tag == SET:
+        elems: list[Any] = []
+        for key in sorted(st.elems):
+            elems += (stores.json.loads(key), _dots_out(st.elems[key], idx))
+        return [_dots_out(st.present, idx), elems]
+    if tag == MAP:
+        return _map_out(st, idx)
+    return [_dots_out(st.present, idx), st.seq.to_cbor(idx)]
+
+
+def _ctx_out(ctx: CausalContext, idx: _Index) -> list[list[int]]:
+    out: list[list[int]] = []
+    for r in ctx.replicas():
+        ranges = ctx.for_replica(r)
+        assert ranges is not None
+        row = [idx[r]]
+        prev = 0
+        for s, e in ranges.pairs():
+            row += (s - prev, e - s)
+            prev = e
+        out.append(row)
+    return out
+
+
+def document_to_cbor(doc: Document) -> list[Any]:
+    """The CBOR data model of a document (before serialisation)."""
+    idx = _Index()
+    for r in doc.ctx.replicas():
+        idx[r]  # noqa: B018 - seeds the table in sorted order
+    root = _map_out(doc.root, idx)
+    ctx = _ctx_out(doc.ctx, idx)
+    return [FORMAT_VERSION, list(idx), ctx, root]
+
+
+def encode_document(doc: Document) -> bytes:
+    """Canonical CBOR bytes of a document or delta."""
+    return cbor2.dumps(document_to_cbor(doc), canonical=True)
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _fail(msg: str) -> CodecError:
+    return CodecError(f"invalid document encoding: {msg}")
+
+
+def _uint(v: Any, what: str, minimum: int = 0) -> int:
+    if type(v) is not int or v < minimum or v >= _INT64:
+        raise _fail(f"{what} must be an integer >= {minimum}")
+    return v
+
+
+def _check_json(v: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise _fail("value nests too deeply")
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return
+    if t is int:
+        if not -(2**64) < v < 2**64:
+            raise _fail("integer out of range")
+        return
+    if t is float:
+        if not math.isfinite(v):
+            raise _fail("NaN and infinities are not JSON")
+        return
+    if t is list:
+        for x in v:
+            _check_json(x, depth + 1)
+        return
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str:
+                raise _fail("object keys must be strings")
+            _check_json(x, depth + 1)
+        return
+    raise _fail(f"{t.__name__} is not a JSON value")
+
+
+class _Reader:
+    def __init__(self, replicas: list[str], ctx: CausalContext) -> None:
+        self.replicas = replicas
+        self.ctx = ctx
+        self.doc = Document()
+        self.doc.ctx = ctx
+
+    def dot(self, r: Any, n: Any) -> Dot:
+        ri = _uint(r, "replica index")
+        if ri >= len(self.replicas):
+            raise _fail("replica index out of range")
+        d = (self.replicas[ri], _uint(n, "counter", 1))
+        if d not in self.ctx:
+            raise _fail(f"dot {d} is not in the context")
+        if d in self.doc._where:
+            raise _fail(f"dot {d} appears twice")
+        return d
+
+    def dots(self, flat: Any) -> list[Dot]:
+        if type(flat) is not list or len(flat) % 2:
+            raise _fail("dots must be a flat array of (replica, counter) pairs")
+        return [self.dot(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def add(self, dot: Dot, path: FieldPath, sub: str | None, value: Any = None) -> None:
+        self.doc._add_atom(dot, (path, sub), value)
+
+    def map(self, obj: Any, path: FieldPath) -> None:
+        if len(path) > MAX_DEPTH:
+            raise _fail("maps nest too deeply")
+        if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not dict:
+            raise _fail("a map must be [present, fields]")
+        for d in self.dots(obj[0]):
+            self.add(d, path, PRESENT)
+        for name, variants in obj[1].items():
+            if type(name) is not str or type(variants) is not dict or not variants:
+                raise _fail("fields must map names to non-empty {tag: store}")
+            for code, st in variants.items():
+                tag = _TAG_NAMES.get(code) if type(code) is str else None
+                if tag is None:
+                    raise _fail(f"unknown type tag {code!r}")
+                self.store(tag, st, (*path, (name, tag)))
+
+    def store(self, tag: str, obj: Any, path: FieldPath) -> None:
+        if tag in (REGISTER, COUNTER):
+            if type(obj) is not list or len(obj) % 3 or not obj:
+                raise _fail(f"a {tag} must be a non-empty flat array of triples")
+            for i in range(0, len(obj), 3):
+                d = self.dot(obj[i], obj[i + 1])
+                v = obj[i + 2]
+                if tag == COUNTER:
+                    if type(v) is not int or not -_INT64 <= v < _INT64:
+                        raise _fail("counter entries must be 64-bit integers")
+                else:
+                    _check_json(v)
+                self.add(d, path, None, v)
+        elif tag == MAP:
+            self.map(obj, path)
+            if self.doc._store_at(path) is None:
+                raise _fail("empty map store")
+        elif tag == SET:
+            if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not list or len(obj[1]) % 2:
+                raise _fail("a set must be [present, [element, dots, ...]]")
+            for d in self.dots(obj[0]):
+                self.add(d, path, PRESENT)
+            seen: set[str] = set()
+            for i in range(0, len(obj[1]), 2):
+                _check_json(obj[1][i])
+                key = canonical(obj[1][i])
+                dots = self.dots(obj[1][i + 1])
+                if key in seen or not dots:
+                    raise _fail("set elements must be distinct and have dots")
+                seen.add(key)
+                for d in dots:
+                    self.add(d, path, key)
+            if self.doc._store_at(path) is None:
+                raise _fail("empty set store")
+        else:
+            if type(obj) is not list or len(obj) != 2:
+                raise _fail("a sequence must be [present, body]")
+            seq = Sequence.from_cbor(obj[1], self.replicas, tag == TEXT)
+            for r, s, e in seq.node_ranges():
+                rs = self.ctx.for_replica(r)
+                if rs is None or next(rs.missing(s, e), None) is not None:
+                    raise _fail("sequence dots outside the context")
+            sst: SeqStore = self.doc._ensure(path)
+            sst.seq = seq
+            for d in self.dots(obj[0]):
+                self.add(d, path, PRESENT)
+            if sst.is_empty():
+                raise _fail("empty sequence store")
+
+
+def _ctx_in(obj: Any, replicas: list[str]) -> CausalContext:
+    if type(obj) is not list:
+        raise _fail("context must be an array")
+    ctx = CausalContext()
+    seen: set[int] = set()
+    for row in obj:
+        if type(row) is not list or len(row) < 3 or len(row) % 2 == 0:
+            raise _fail("context rows must be [replica, gap, length, ...]")
+        ri = _uint(row[0], "replica index")
+        if ri >= len(replicas) or ri in seen:
+            raise _fail("bad or repeated replica index in context")
+        seen.add(ri)
+        prev = 0
+        for i in range(1, len(row), 2):
+            gap = _uint(row[i], "range gap", 1 if prev == 0 else 2)
+            start = prev + gap
+            end = start + _uint(row[i + 1], "range length")
+            if end >= _INT64:
+                raise _fail("counter out of range")
+            ctx.add_range(replicas[ri], start, end)
+            prev = end
+    return ctx
+
+
+def decode_document(data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
+    """Decode bytes made by :func:`encode_document`; raises only :class:`CodecError`."""
+    obj = cbor_loads(data, max_bytes=max_bytes, max_depth=_CBOR_DEPTH)
+    try:
+        return document_from_cbor(obj)
+    except CodecError:
+        raise
+    except (RecursionError, MemoryError):
+        raise _fail("too deep or too large") from None
+
+
+def document_from_cbor(obj: Any) -> Document:
+    """Validate and build a document from its CBOR data model."""
+    if type(obj) is not list or len(obj) != 4:
+        raise _fail("expected [version, replicas, context, root]")
+    if obj[0] != FORMAT_VERSION or type(obj[0]) is not int:
+        raise CodecError(f"unsupported document format {obj[0]!r} (this syncd reads {FORMAT_VERSION})")
+    replicas = obj[1]
+    if type(replicas) is not list or any(
+        type(r) is not str or not 0 < len(r) <= MAX_REPLICA_ID for r in replicas
+    ):
+        raise _fail("replica table must be non-empty strings")
+    if len(set(replicas)) != len(replicas):
+        raise _fail("replica table has duplicates")
+    reader = _Reader(replicas, _ctx_in(obj[2], replicas))
+    reader.map(obj[3], ())
+    doc = reader.doc
+    doc._reindex_seqs()
+    return doc
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "cbor_loads",
+    "decode_document",
+    "document_from_cbor",
+    "document_to_cbor",
+    "encode_document",
+]

@@ -1,0 +1,443 @@
+"""Local changes to a document: each builds the delta beside the in-place change.
+
+A :class:`Change` is one atomic change (one ``put``, one ``patch`` of several operations, one
+``delete``). It takes fresh dots from the replica's :class:`DotCounter`, applies every step to
+the document, and records the same step in a delta document: new dots go into both stores and
+contexts, removed dots only into the delta's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncd.crdt import ops as O
+from syncd.crdt import stores
+from syncd.crdt.diff import diff
+from syncd.crdt.document import Document, FieldPath, Loc, atoms_under
+from syncd.crdt.dots import Dot, DotCounter
+from syncd.crdt.stores import (
+    COUNTER,
+    LIST,
+    MAP,
+    PRESENT,
+    REGISTER,
+    SET,
+    TEXT,
+    MapStore,
+    SeqStore,
+    SetStore,
+    canonical,
+)
+from syncd.errors import InvalidOperation, PatchError
+
+_DEFAULTS: dict[str, Any] = {TEXT: "", COUNTER: 0, SET: [], LIST: [], MAP: {}, REGISTER: None}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_make_value(tag: str, value: Any) -> None:
+    ok = {
+        TEXT: isinstance(value, str),
+        COUNTER: _is_int(value),
+        SET: isinstance(value, list),
+        LIST: isinstance(value, list),
+        MAP: isinstance(value, dict),
+        REGISTER: True,
+    }[tag]
+    if not ok:
+        raise PatchError(f"a {tag} cannot start from {canonical(value)[:60]}", reason="type_mismatch")
+
+
+def _shown(doc: Document, path: FieldPath) -> str:
+    return "/".join(name for name, _ in path) or "(document)"
+
+
+class Change:
+    """One atomic local change to ``doc``, recording its delta."""
+
+    def __init__(self, doc: Document, counter: DotCounter) -> None:
+        self.doc = doc
+        self.counter = counter
+        self.delta = Document()
+        self.added = False
+
+    # -- primitives --------------------------------------------------------------------------
+
+    def _fresh(self) -> Dot:
+        counter = self.counter
+        d = (counter.replica, counter.take())
+        self.doc.ctx.add(*d)
+        self.delta.ctx.add(*d)
+        return d
+
+    def _add(self, loc: Loc, value: Any = None) -> None:
+        d = self._fresh()
+        self.doc._add_atom(d, loc, value)
+        self.delta._add_atom(d, loc, value)
+        self.added = True
+
+    def _remove(self, dots: list[Dot]) -> None:
+        doc, delta = self.doc, self.delta
+        for d in dots:
+            doc._remove_atom(d)
+            if d in delta._where:
+                delta._remove_atom(d)
+            else:
+                delta.ctx.add(*d)
+
+    def _kill_seq(self, path: FieldPath, ranges: list[tuple[str, int, int]]) -> None:
+        if not ranges:
+            return
+        delta = self.delta
+        for r, s, e in ranges:
+            delta.ctx.add_range(r, s, e)
+        dsst = delta._seqs.get(path)
+        if dsst is not None:
+            from syncd.crdt.context import CausalContext
+
+            dsst.seq.kill(CausalContext.from_ranges(ranges))
+
+    def _finish(self, existed: bool, create: bool = False) -> Document:
+        """Apply the event-dot rule and return the delta.
+
+        A document that did not exist gets a ``present`` dot when the change creates it; a
+        change that added no dot refreshes ``present`` (or, if the document does not exist,
+        takes a dot that only its context records), so every delta carries a fresh dot.
+        """
+        if not existed and (self.added or create):
+            self._add(((), PRESENT))
+        elif not self.added and self.delta.ctx:
+            if existed:
+                self._remove(list(self.doc.root.present))
+                self._add(((), PRESENT))
+            else:
+                self._fresh()
+        return self.delta
+
+    # -- sequences ---------------------------------------------------------------------------
+
+    def _seq_insert(self, path: FieldPath, index: int, items: str | list[Any]) -> None:
+        if not items:
+            return
+        sst: SeqStore = self.doc._seqs[path]
+        n = len(items)
+        counter = self.counter
+        first = counter.take(n)
+        piece = sst.seq.insert(index, items, counter.replica, first)
+        r = counter.replica
+        delta = self.delta
+        dsst = delta._seqs.get(path)
+        if dsst is None:
+            dsst = delta._ensure(path)
+            dsst.seq = piece
+        else:
+            from syncd.crdt.context import CausalContext
+
+            dsst.seq.join(piece, delta.ctx, CausalContext.from_ranges([(r, first, first + n - 1)]))
+        self.doc.ctx.add_range(r, first, first + n - 1)
+        delta.ctx.add_range(r, first, first + n - 1)
+        self.added = True
+
+    def _seq_delete(self, path: FieldPath, index: int, count: int) -> None:
+        if count:
+            self._kill_seq(path, self.doc._seqs[path].seq.delete(index, count))
+
+    def _seq_assign(self, path: FieldPath, new: str | list[Any]) -> None:
+        """Edit the sequence at ``path`` into ``new`` by a diff."""
+        sst: SeqStore = self.doc._seqs[path]
+        old = sst.seq.value()
+        if isinstance(new, str):
+            assert isinstance(old, str)
+            edits = diff(old, new)
+        else:
+            edits = diff([canonical(x) for x in old], [canonical(x) for x in new])
+        for index, delete, ns, ne in edits:
+            self._seq_delete(path, index, delete)
+            self._seq_insert(path, index, new[ns:ne])
+
+    # -- fields ------------------------------------------------------------------------------
+
+    def _remove_variant(self, path: FieldPath) -> None:
+        doc = self.doc
+        for p in [p for p in doc._seqs if p[: len(path)] == path]:
+            sst = doc._seqs[p]
+            self._kill_seq(p, sst.seq.delete(0, len(sst.seq)) if len(sst.seq) else [])
+        self._remove(atoms_under(doc, path))
+
+    def _remove_field(self, mp: FieldPath, name: str, keep: str | None = None) -> None:
+        m = self.doc._store_at(mp)
+        variants = m.fields.get(name) if m is not None else None
+        if not variants:
+            return
+        for tag in [t for t in variants if t != keep]:
+            self._remove_variant((*mp, (name, tag)))
+
+    def _make(self, mp: FieldPath, name: str, tag: str, value: Any) -> None:
+        self._remove_field(mp, name)
+        path = (*mp, (name, tag))
+        if tag in (REGISTER, COUNTER):
+            self._add((path, None), value)
+            return
+        if tag in (TEXT, LIST):
+            self.doc._ensure(path)
+        self._add((path, PRESENT))
+        if tag == SET:
+            for key in dict.fromkeys(canonical(v) for v in value):
+                self._add((path, key))
+        elif tag == MAP:
+            for k, v in value.items():
+                self._put_field(path, k, v)
+        else:
+            self._seq_insert(path, 0, value)
+
+    def _put_field(self, mp: FieldPath, name: str, value: Any) -> None:
+        """Put semantics for one field (see the contract's ``put``)."""
+        m: MapStore = self.doc._store_at(mp)
+        variants = m.fields.get(name) if m is not None else None
+        w = stores.winner(variants) if variants else None
+        default = MAP if isinstance(value, dict) else REGISTER
+        if w is None:
+            self._make(mp, name, default, value)
+            return
+        tag, st = w
+        path = (*mp, (name, tag))
+        if tag == MAP and isinstance(value, dict):
+            self._remove_field(mp, name, keep=tag)
+            self._put_map(path, value)
+        elif tag == TEXT and isinstance(value, str) or tag == LIST and isinstance(value, list):
+            self._remove_field(mp, name, keep=tag)
+            self._seq_assign(path, value)
+        elif tag == SET and isinstance(value, list):
+            self._remove_field(mp, name, keep=tag)
+            target = dict.fromkeys(canonical(v) for v in value)
+            gone = [d for k, ds in st.elems.items() if k not in target for d in ds]
+            self._remove(gone)
+            for key in target:
+                if key not in st.elems:
+                    self._add((path, key))
+        elif tag == COUNTER and _is_int(value):
+            self._remove_field(mp, name, keep=tag)
+            by = value - sum(st.values())
+            if by:
+                self._inc(path, by)
+        elif tag == REGISTER and not isinstance(value, dict):
+            self._remove_field(mp, name, keep=tag)
+            if len(st) == 1 and canonical(next(iter(st.values()))) == canonical(value):
+                return
+            self._remove(list(st))
+            self._add((path, None), value)
+        else:
+            self._make(mp, name, default, value)
+
+    def _put_map(self, path: FieldPath, value: dict[str, Any]) -> None:
+        m: MapStore = self.doc._store_at(path)
+        for name in [n for n, vs in m.fields.items() if n not in value]:
+            if stores.winner(m.fields[name]) is not None:
+                self._remove_field(path, name)
+        for k, v in value.items():
+            self._put_field(path, k, v)
+
+    def _inc(self, path: FieldPath, by: int) -> None:
+        st = self.doc._store_at(path)
+        r = self.counter.replica
+        mine = [d for d in st if d[0] == r]
+        total = sum(st[d] for d in mine) + by
+        self._remove(mine)
+        self._add((path, None), total)
+
+    # -- resolving operation paths -----------------------------------------------------------
+
+    def _walk(self, names: tuple[Any, ...], create: bool) -> FieldPath | None:
+        """The path of the map that ``names`` lead to; None if missing and not ``create``."""
+        doc = self.doc
+        mp: FieldPath = ()
+        m = doc.root
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise PatchError(
+                    f"path element {name!r} indexes into a list; list items hold values only",
+                    reason="invalid_path",
+                )
+            variants = m.fields.get(name)
+            w = stores.winner(variants) if variants else None
+            if w is None:
+                if not create:
+                    return None
+                for rest in names[i:]:
+                    if not isinstance(rest, str):
+                        raise PatchError(f"path element {rest!r} is not a field name", reason="invalid_path")
+                for rest in names[i:]:
+                    self._make(mp, rest, MAP, {})
+                    mp = (*mp, (rest, MAP))
+                return mp
+            if w[0] != MAP:
+                raise PatchError(
+                    f"{_shown(doc, (*mp, (name, w[0])))} is a {w[0]}, not a map", reason="type_mismatch"
+                )
+            mp = (*mp, (name, MAP))
+            m = w[1]
+        return mp
+
+    def _field(self, path: O.Path, create: bool) -> tuple[FieldPath, str] | None:
+        if not path:
+            raise PatchError("this operation needs a field path", reason="invalid_path")
+        name = path[-1]
+        if not isinstance(name, str):
+            raise PatchError(f"path element {name!r} is not a field name", reason="invalid_path")
+        mp = self._walk(path[:-1], create)
+        return None if mp is None else (mp, name)
+
+    def _existing(self, path: O.Path, tags: tuple[str, ...], what: str) -> FieldPath | None:
+        """The shown variant of the field at ``path`` if it exists (checked against ``tags``)."""
+        loc = self._field(path, create=False)
+        if loc is None:
+            return None
+        mp, name = loc
+        variants = self.doc._store_at(mp).fields.get(name)
+        w = stores.winner(variants) if variants else None
+        if w is None:
+            return None
+        if w[0] not in tags:
+            raise PatchError(
+                f"{'/'.join(map(str, path))} is a {w[0]}; {what} needs a {' or '.join(tags)}",
+                reason="type_mismatch",
+            )
+        return (*mp, (name, w[0]))
+
+    # -- operations ----------------------------------------------------------------------
+
+    def _apply(self, op: O.Op) -> None:
+        if isinstance(op, O.Set) and not op.path:
+            if not isinstance(op.value, dict):
+                raise PatchError("the document itself must be an object", reason="type_mismatch")
+            self._put_map((), op.value)
+            return
+        if op.path and _is_int(op.path[-1]) and not isinstance(op, O.Insert | O.Delete):
+            self._apply_element(op)
+            return
+        if isinstance(op, O.Make):
+            value = op.value if op.has_value else _DEFAULTS[op.type]
+            _check_make_value(op.type, value)
+            loc = self._field(op.path, create=True)
+            assert loc is not None
+            self._make(loc[0], loc[1], op.type, value)
+        elif isinstance(op, O.Set):
+            loc = self._field(op.path, create=True)
+            assert loc is not None
+            self._put_field(loc[0], loc[1], op.value)
+        elif isinstance(op, O.Del):
+            loc = self._field(op.path, create=False)
+            if loc is not None:
+                self._remove_field(*loc)
+        elif isinstance(op, O.Inc):
+            path = self._existing(op.path, (COUNTER,), "inc")
+            if path is None:
+                loc = self._field(op.path, create=True)
+                assert loc is not None
+                self._make(loc[0], loc[1], COUNTER, op.by)
+            elif op.by:
+                self._inc(path, op.by)
+        elif isinstance(op, O.Add):
+            path = self._existing(op.path, (SET,), "add")
+            if path is None:
+                loc = self._field(op.path, create=True)
+                assert loc is not None
+                self._make(loc[0], loc[1], SET, [op.value])
+            else:
+                key = canonical(op.value)
+                st: SetStore = self.doc._store_at(path)
+                self._remove(list(st.elems.get(key, ())))
+                self._add((path, key))
+        elif isinstance(op, O.Remove):
+            path = self._existing(op.path, (SET,), "remove")
+            if path is not None:
+                st = self.doc._store_at(path)
+                self._remove(list(st.elems.get(canonical(op.value), ())))
+        elif isinstance(op, O.Insert):
+            self._apply_insert(op)
+        else:
+            self._apply_delete(op)
+
+    def _apply_insert(self, op: O.Insert) -> None:
+        tag = TEXT if isinstance(op.items, str) else LIST
+        path = self._existing(op.path, (tag,), "inserting " + ("text" if tag == TEXT else "values"))
+        if path is None:
+            if op.index != 0:
+                raise PatchError(f"index {op.index} is out of range (no such {tag})", reason="invalid_path")
+            loc = self._field(op.path, create=True)
+            assert loc is not None
+            self._make(loc[0], loc[1], tag, op.items)
+            return
+        n = len(self.doc._seqs[path].seq)
+        if op.index > n:
+            raise PatchError(f"index {op.index} is out of range (length {n})", reason="invalid_path")
+        self._seq_insert(path, op.index, op.items)
+
+    def _apply_delete(self, op: O.Delete) -> None:
+        path = self._existing(op.path, (TEXT, LIST), "delete")
+        if path is None:
+            raise PatchError(f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path")
+        n = len(self.doc._seqs[path].seq)
+        if op.index + op.count > n:
+            raise PatchError(
+                f"range {op.index}..{op.index + op.count} is out of range (length {n})",
+                reason="invalid_path",
+            )
+        self._seq_delete(path, op.index, op.count)
+
+    def _apply_element(self, op: O.Op) -> None:
+        index = op.path[-1]
+        assert isinstance(index, int)
+        path = self._existing(op.path[:-1], (LIST,), "an index")
+        n = len(self.doc._seqs[path].seq) if path is not None else 0
+        if path is None or index >= n:
+            raise PatchError(f"no list item at {'/'.join(map(str, op.path))}", reason="invalid_path")
+        if isinstance(op, O.Set):
+            self._seq_delete(path, index, 1)
+            self._seq_insert(path, index, [op.value])
+        elif isinstance(op, O.Del):
+            self._seq_delete(path, index, 1)
+        else:
+            raise PatchError(
+                "only set and del apply to a list item; use insert/delete on the list",
+                reason="invalid_path",
+            )
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def put_document(self, value: Any) -> Document:
+        if not isinstance(value, dict):
+            raise InvalidOperation("a document must be a JSON object")
+        O.check_depth(value)
+        existed = self.doc.exists()
+        self._put_map((), value)
+        return self._finish(existed, create=True)
+
+    def patch(self, ops: list[O.Op]) -> Document:
+        existed = self.doc.exists()
+        if len(ops) == 1:
+            # Every operation checks what can fail before it changes anything.
+            self._apply(ops[0])
+            return self._finish(existed)
+        snapshot = self.doc.copy()
+        next_before = self.counter.next
+        try:
+            for op in ops:
+                self._apply(op)
+        except BaseException:
+            self.doc._restore(snapshot)
+            self.counter.next = next_before
+            raise
+        return self._finish(existed)
+
+    def delete_document(self) -> Document:
+        doc = self.doc
+        if not doc.exists():
+            return self.delta
+        for name in list(doc.root.fields):
+            self._remove_field((), name)
+        self._remove(list(doc.root.present))
+        self._fresh()
+        return self.delta

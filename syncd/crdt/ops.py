@@ -1,0 +1,175 @@
+"""Typed patch operations, parsed and validated from their JSON form (the contract's ``patch``).
+
+``parse_ops`` checks the *shape* of each operation and raises :class:`InvalidOperation` (bad
+params); whether an operation fits the document (types, paths, indexes) is checked when it is
+applied, and reported as :class:`PatchError` with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.errors import InvalidOperation, PatchError
+
+MAX_DEPTH = 32
+"""The deepest nesting of maps (and of JSON values inside fields) a document may have."""
+
+PathElem = str | int
+Path = tuple[PathElem, ...]
+TYPE_NAMES = ("text", "counter", "set", "list", "map", "register")
+
+
+@dataclass(frozen=True, slots=True)
+class Make:
+    path: Path
+    type: str
+    value: Any
+    has_value: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    path: Path
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Del:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Inc:
+    path: Path
+    by: int
+
+
+@dataclass(frozen=True, slots=True)
+class Add:
+    path: Path
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    path: Path
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    path: Path
+    index: int
+    items: str | list[Any]
+    """A str inserts text, a list inserts list values."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    path: Path
+    index: int
+    count: int
+
+
+Op = Make | Set | Del | Inc | Add | Remove | Insert | Delete
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_depth(value: Any, depth: int = 0) -> None:
+    """Raise ``PatchError(too_large)`` if a JSON value nests deeper than :data:`MAX_DEPTH`."""
+    if depth > MAX_DEPTH:
+        raise PatchError(f"value nests deeper than {MAX_DEPTH} levels", reason="too_large")
+    if isinstance(value, dict):
+        for v in value.values():
+            if isinstance(v, dict | list):
+                check_depth(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, dict | list):
+                check_depth(v, depth + 1)
+
+
+def _path(i: int, raw: dict[str, Any]) -> Path:
+    p = raw.get("path")
+    if not isinstance(p, list):
+        raise InvalidOperation(f"ops[{i}].path must be an array of field names and indexes")
+    for e in p:
+        if not (isinstance(e, str) or (_is_int(e) and e >= 0)):
+            raise InvalidOperation(
+                f"ops[{i}].path elements must be strings or non-negative integers"
+            )
+    if len(p) > MAX_DEPTH:
+        raise PatchError(f"ops[{i}].path is deeper than {MAX_DEPTH}", reason="too_large")
+    return tuple(p)
+
+
+def _need(i: int, raw: dict[str, Any], name: str) -> Any:
+    if name not in raw:
+        raise InvalidOperation(f"ops[{i}] ({raw.get('op')}) needs {name!r}")
+    return raw[name]
+
+
+def _nonneg_int(i: int, raw: dict[str, Any], name: str) -> int:
+    v = _need(i, raw, name)
+    if not _is_int(v) or v < 0:
+        raise InvalidOperation(f"ops[{i}].{name} must be a non-negative integer")
+    return int(v)
+
+
+def parse_op(i: int, raw: Any) -> Op:
+    """Parse one operation (``i`` is its position, for messages)."""
+    if not isinstance(raw, dict):
+        raise InvalidOperation(f"ops[{i}] must be an object")
+    kind = raw.get("op")
+    path = _path(i, raw)
+    if kind == "make":
+        t = _need(i, raw, "type")
+        if t not in TYPE_NAMES:
+            raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
+        value = raw.get("value")
+        check_depth(value)
+        return Make(path, t, value, "value" in raw)
+    if kind == "set":
+        value = _need(i, raw, "value")
+        check_depth(value)
+        return Set(path, value)
+    if kind == "del":
+        return Del(path)
+    if kind == "inc":
+        by = raw.get("by", 1)
+        if not _is_int(by):
+            raise InvalidOperation(f"ops[{i}].by must be an integer")
+        return Inc(path, by)
+    if kind in ("add", "remove"):
+        value = _need(i, raw, "value")
+        check_depth(value)
+        return Add(path, value) if kind == "add" else Remove(path, value)
+    if kind == "insert":
+        index = _nonneg_int(i, raw, "index")
+        has_text, has_values = "text" in raw, "values" in raw
+        if has_text == has_values:
+            raise InvalidOperation(f"ops[{i}] (insert) needs exactly one of 'text' or 'values'")
+        if has_text:
+            if not isinstance(raw["text"], str):
+                raise InvalidOperation(f"ops[{i}].text must be a string")
+            return Insert(path, index, raw["text"])
+        if not isinstance(raw["values"], list):
+            raise InvalidOperation(f"ops[{i}].values must be an array")
+        check_depth(raw["values"])
+        return Insert(path, index, list(raw["values"]))
+    if kind == "delete":
+        return Delete(path, _nonneg_int(i, raw, "index"), _nonneg_int(i, raw, "count"))
+    raise InvalidOperation(
+        f"ops[{i}].op must be one of make, set, del, inc, add, remove, insert, delete"
+    )
+
+
+def parse_ops(raw: Any) -> list[Op]:
+    """Parse the ``ops`` array of a patch."""
+    if not isinstance(raw, list):
+        raise InvalidOperation("ops must be an array of operations")
+    return [parse_op(i, r) for i, r in enumerate(raw)]

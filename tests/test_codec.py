@@ -1,0 +1,134 @@
+"""The document codec: canonical round trips and a decoder that only raises CodecError."""
+
+from __future__ import annotations
+
+import random
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.crdt import Document, DotCounter, decode_document, encode_document, parse_ops
+from syncd.crdt.codec import cbor_loads, document_to_cbor
+from syncd.errors import CodecError
+from tests.crdt_strategies import random_change
+
+
+def sample_document(seed: int, steps: int = 25) -> tuple[Document, list[Document]]:
+    rng = random.Random(seed)
+    doc, c = Document(), DotCounter("r" + str(seed % 3))
+    other, oc = Document(), DotCounter("q")
+    deltas = []
+    for _ in range(steps):
+        deltas.append(random_change(rng, doc, c))
+        if rng.random() < 0.2:
+            od = random_change(rng, other, oc)
+            doc.join(od)
+            deltas.append(od)
+    return doc, deltas
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32))
+def test_states_and_deltas_round_trip(seed: int) -> None:
+    doc, deltas = sample_document(seed)
+    for d in [doc, *deltas]:
+        data = encode_document(d)
+        back = decode_document(data)
+        assert back == d
+        assert back.render() == d.render()
+        assert encode_document(back) == data  # canonical
+
+
+def test_equal_states_encode_equally_whatever_the_history() -> None:
+    doc, deltas = sample_document(7)
+    a, b = Document(), Document()
+    for d in deltas:
+        a.join(d)
+    for d in reversed(deltas):
+        b.join(d)
+    assert encode_document(a) == encode_document(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_codec_error(data: bytes) -> None:
+    try:
+        decode_document(data)
+    except CodecError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.data())
+def test_mutated_encodings_raise_only_codec_error(seed: int, data: st.DataObject) -> None:
+    doc, _ = sample_document(seed, steps=8)
+    raw = bytearray(encode_document(doc))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    try:
+        decode_document(bytes(raw))
+    except CodecError:
+        pass
+
+
+obj_strategy = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**64) | st.text(max_size=3) | st.floats(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=2), c, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj_strategy)
+def test_random_cbor_structures_raise_only_codec_error(obj: object) -> None:
+    try:
+        decode_document(cbor2.dumps([1, ["a"], [[0, 1, 5]], [[], obj]]))
+        decode_document(cbor2.dumps([1, ["a"], [[0, 1, 5]], obj]))
+        decode_document(cbor2.dumps(obj))
+    except CodecError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("hexdata", "why"),
+    [
+        ("d81c01", "value-sharing tag"),
+        ("c11a514b67b0", "date tag"),
+        ("c249010000000000000000", "bignum"),
+        ("9f01ff", "indefinite array"),
+        ("a201010102", "duplicate key"),
+        ("8401806080a000", "trailing byte"),
+        ("84028060", "wrong version / shape"),
+    ],
+)
+def test_hostile_cbor_is_rejected(hexdata: str, why: str) -> None:
+    with pytest.raises(CodecError):
+        decode_document(bytes.fromhex(hexdata))
+
+
+def test_structural_rules_are_enforced() -> None:
+    doc, c = Document(), DotCounter("a")
+    doc.put({"x": 1}, c)
+    good = document_to_cbor(doc)
+    assert decode_document(cbor2.dumps(good)) == doc
+    bad_dot_outside_ctx = [1, ["a"], [[0, 1, 0]], [[0, 1], {"x": {"r": [0, 2, 1]}}]]
+    empty_store = [1, ["a"], [[0, 1, 1]], [[0, 1], {"x": {"r": []}}]]
+    twice = [1, ["a"], [[0, 1, 1]], [[0, 1], {"x": {"r": [0, 1, 1]}}]]
+    unknown_tag = [1, ["a"], [[0, 1, 1]], [[], {"x": {"z": [0, 1, 1]}}]]
+    for bad in (bad_dot_outside_ctx, empty_store, twice, unknown_tag):
+        with pytest.raises(CodecError):
+            decode_document(cbor2.dumps(bad))
+
+
+def test_size_cap() -> None:
+    with pytest.raises(CodecError):
+        cbor_loads(b"\x00" * 100, max_bytes=10, max_depth=4)
+
+
+def test_patch_delta_decodes_for_a_nested_text() -> None:
+    doc, c = Document(), DotCounter("a")
+    d = doc.patch(parse_ops([{"op": "make", "path": ["m", "t"], "type": "text", "value": "héllo"}]), c)
+    assert decode_document(encode_document(d)) == d

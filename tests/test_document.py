@@ -1,0 +1,425 @@
+"""Documents: put/patch semantics, merge rules, join laws and convergence."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.crdt import CausalContext, Document, DotCounter, encode_document, parse_ops
+from syncd.errors import InvalidOperation, PatchError
+from tests.crdt_strategies import json_objects, random_change
+
+
+def patch(doc: Document, counter: DotCounter, *ops: dict[str, Any]) -> Document:
+    return doc.patch(parse_ops(list(ops)), counter)
+
+
+def synced(*docs: Document) -> None:
+    """Make every document hold everything (full-state exchange)."""
+    states = [d.copy() for d in docs]
+    for d in docs:
+        for s in states:
+            d.join(s)
+
+
+def fresh(replica: str) -> tuple[Document, DotCounter]:
+    return Document(), DotCounter(replica)
+
+
+# -- put and render --------------------------------------------------------------------------
+
+
+@given(json_objects)
+def test_put_then_render_gives_the_value(value: dict[str, Any]) -> None:
+    doc, c = fresh("r1")
+    doc.put(value, c)
+    assert doc.render() == value
+
+
+@given(json_objects, json_objects)
+def test_put_over_put_gives_the_second_value(v1: dict[str, Any], v2: dict[str, Any]) -> None:
+    doc, c = fresh("r1")
+    doc.put(v1, c)
+    doc.put(v2, c)
+    assert doc.render() == v2
+
+
+def test_absent_document_renders_none_and_empty_put_exists() -> None:
+    doc, c = fresh("r1")
+    assert doc.render() is None and not doc.exists()
+    doc.put({}, c)
+    assert doc.exists() and doc.render() == {}
+
+
+def test_put_that_changes_nothing_has_an_empty_delta() -> None:
+    doc, c = fresh("r1")
+    doc.put({"a": 1, "b": {"c": [1, 2]}}, c)
+    delta = doc.put({"a": 1, "b": {"c": [1, 2]}}, c)
+    assert not delta.ctx and delta.is_bottom()
+
+
+def test_put_on_text_field_is_a_character_edit() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "x" * 100_000})
+    delta = doc.put({"t": "x" * 50_000 + "Y" + "x" * 50_000}, c)
+    assert doc.render() == {"t": "x" * 50_000 + "Y" + "x" * 50_000}
+    assert len(encode_document(delta)) < 120
+    assert delta.ctx.size() == 1
+
+
+def test_put_keeps_types_and_uses_finest_operations() -> None:
+    doc, c = fresh("r1")
+    patch(
+        doc,
+        c,
+        {"op": "make", "path": ["n"], "type": "counter", "value": 5},
+        {"op": "make", "path": ["s"], "type": "set", "value": [1, 2]},
+        {"op": "make", "path": ["l"], "type": "list", "value": ["a", "b"]},
+    )
+    doc.put({"n": 9, "s": [2, 3], "l": ["a", "x", "b"]}, c)
+    assert doc.render() == {"n": 9, "s": [2, 3], "l": ["a", "x", "b"]}
+    # still a counter: a concurrent increment adds up
+    other = doc.copy()
+    oc = DotCounter("r2")
+    patch(other, oc, {"op": "inc", "path": ["n"], "by": 1})
+    doc.put({"n": 10, "s": [2, 3], "l": ["a", "x", "b"]}, c)
+    synced(doc, other)
+    assert doc.render() == other.render()
+    assert doc.render()["n"] == 11  # type: ignore[index]
+
+
+def test_concurrent_puts_to_different_fields_both_survive() -> None:
+    a, ca = fresh("A")
+    a.put({"title": "t", "body": "b"}, ca)
+    b = a.copy()
+    cb = DotCounter("B")
+    a.put({"title": "T2", "body": "b"}, ca)
+    b.put({"title": "t", "body": "B2"}, cb)
+    synced(a, b)
+    assert a.render() == b.render() == {"title": "T2", "body": "B2"}
+
+
+# -- patch operations ------------------------------------------------------------------------
+
+
+def test_every_patch_operation() -> None:
+    doc, c = fresh("r1")
+    patch(
+        doc,
+        c,
+        {"op": "make", "path": ["t"], "type": "text", "value": "hello"},
+        {"op": "insert", "path": ["t"], "index": 5, "text": " world"},
+        {"op": "delete", "path": ["t"], "index": 0, "count": 1},
+        {"op": "insert", "path": ["t"], "index": 0, "text": "H"},
+        {"op": "inc", "path": ["n"], "by": 3},
+        {"op": "inc", "path": ["n"], "by": -1},
+        {"op": "add", "path": ["tags"], "value": "b"},
+        {"op": "add", "path": ["tags"], "value": "a"},
+        {"op": "remove", "path": ["tags"], "value": "b"},
+        {"op": "make", "path": ["l"], "type": "list"},
+        {"op": "insert", "path": ["l"], "index": 0, "values": [1, 2, 3]},
+        {"op": "delete", "path": ["l"], "index": 1, "count": 1},
+        {"op": "set", "path": ["l", 0], "value": "one"},
+        {"op": "set", "path": ["m", "deep", "x"], "value": [1, {"y": 2}]},
+        {"op": "set", "path": ["gone"], "value": 1},
+        {"op": "del", "path": ["gone"]},
+        {"op": "make", "path": ["r"], "type": "register", "value": "v"},
+    )
+    assert doc.render() == {
+        "t": "Hello world",
+        "n": 2,
+        "tags": ["a"],
+        "l": ["one", 3],
+        "m": {"deep": {"x": [1, {"y": 2}]}},
+        "r": "v",
+    }
+
+
+@pytest.mark.parametrize(
+    ("ops", "reason"),
+    [
+        ([{"op": "inc", "path": ["t"], "by": 1}], "type_mismatch"),
+        ([{"op": "insert", "path": ["t"], "index": 9, "text": "x"}], "invalid_path"),
+        ([{"op": "delete", "path": ["t"], "index": 1, "count": 9}], "invalid_path"),
+        ([{"op": "set", "path": ["t", "x"], "value": 1}], "type_mismatch"),
+        ([{"op": "insert", "path": ["t"], "index": 0, "values": [1]}], "type_mismatch"),
+        ([{"op": "set", "path": ["t", 0], "value": 1}], "type_mismatch"),
+        ([{"op": "delete", "path": ["nope"], "index": 0, "count": 1}], "invalid_path"),
+        ([{"op": "make", "path": ["c"], "type": "counter", "value": "x"}], "type_mismatch"),
+        ([{"op": "set", "path": [], "value": 3}], "type_mismatch"),
+        ([{"op": "del", "path": []}], "invalid_path"),
+    ],
+)
+def test_bad_operations_change_nothing(ops: list[dict[str, Any]], reason: str) -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "ab"})
+    before = doc.copy()
+    next_dot = c.next
+    with pytest.raises(PatchError) as info:
+        doc.patch(parse_ops([{"op": "set", "path": ["ok"], "value": 1}, *ops]), c)
+    assert info.value.reason == reason
+    assert doc == before and c.next == next_dot
+    with pytest.raises(PatchError):
+        doc.patch(parse_ops(ops), c)
+    assert doc == before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "nope",
+        [1],
+        [{"op": "fly", "path": []}],
+        [{"op": "set", "path": "a", "value": 1}],
+        [{"op": "set", "path": ["a"]}],
+        [{"op": "inc", "path": ["a"], "by": 1.5}],
+        [{"op": "insert", "path": ["a"], "index": -1, "text": "x"}],
+        [{"op": "insert", "path": ["a"], "index": 0, "text": "x", "values": []}],
+        [{"op": "make", "path": ["a"], "type": "blob"}],
+        [{"op": "set", "path": [True], "value": 1}],
+    ],
+)
+def test_malformed_operations_are_invalid_params(raw: Any) -> None:
+    with pytest.raises(InvalidOperation):
+        parse_ops(raw)
+
+
+def test_too_deep_values_are_refused() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    doc, c = fresh("r1")
+    with pytest.raises(PatchError) as info:
+        doc.put({"x": deep}, c)
+    assert info.value.reason == "too_large"
+
+
+# -- merge rules -----------------------------------------------------------------------------
+
+
+def test_add_wins_set() -> None:
+    a, ca = fresh("A")
+    patch(a, ca, {"op": "add", "path": ["s"], "value": "x"})
+    b = a.copy()
+    cb = DotCounter("B")
+    patch(a, ca, {"op": "remove", "path": ["s"], "value": "x"})
+    patch(b, cb, {"op": "add", "path": ["s"], "value": "x"})
+    synced(a, b)
+    assert a.render() == b.render() == {"s": ["x"]}
+
+
+def test_field_update_wins_over_concurrent_delete() -> None:
+    a, ca = fresh("A")
+    a.put({"m": {"x": 1, "y": 2}}, ca)
+    b = a.copy()
+    cb = DotCounter("B")
+    patch(a, ca, {"op": "del", "path": ["m"]})
+    patch(b, cb, {"op": "set", "path": ["m", "x"], "value": 5})
+    synced(a, b)
+    assert a.render() == b.render() == {"m": {"x": 5}}
+
+
+def test_document_update_wins_over_concurrent_delete() -> None:
+    a, ca = fresh("A")
+    a.put({"x": 1, "y": 2}, ca)
+    b = a.copy()
+    cb = DotCounter("B")
+    a.delete(ca)
+    assert not a.exists()
+    patch(b, cb, {"op": "set", "path": ["x"], "value": 7})
+    synced(a, b)
+    assert a.render() == b.render() == {"x": 7}
+
+
+def test_document_delete_sticks_without_concurrent_update() -> None:
+    a, ca = fresh("A")
+    a.put({"x": 1}, ca)
+    b = a.copy()
+    a.delete(ca)
+    synced(a, b)
+    assert a.render() is None and b.render() is None
+
+
+def test_register_keeps_concurrent_values_and_one_winner() -> None:
+    a, ca = fresh("A")
+    a.put({"x": 0}, ca)
+    b = a.copy()
+    cb = DotCounter("B", next=100)
+    a.put({"x": "from A"}, ca)
+    b.put({"x": "from B"}, cb)
+    synced(a, b)
+    assert a.render() == b.render() == {"x": "from B"}  # greatest dot wins
+    assert a.conflicts() == b.conflicts() == [{"path": ["x"], "values": ["from B", "from A"]}]
+    a.put({"x": "from B"}, ca)  # writing the shown value resolves the conflict
+    synced(a, b)
+    assert a.conflicts() == [] and b.render() == {"x": "from B"}
+
+
+def test_concurrent_creation_with_different_types_is_deterministic() -> None:
+    a, ca = fresh("A")
+    b, cb = fresh("B")
+    patch(a, ca, {"op": "make", "path": ["f"], "type": "text", "value": "hi"})
+    patch(b, cb, {"op": "make", "path": ["f"], "type": "counter", "value": 4})
+    synced(a, b)
+    assert a.render() == b.render() == {"f": "hi"}  # text ranks above counter
+    b.put({"f": 5}, cb)  # a write replaces every variant of the field
+    synced(a, b)
+    assert a.render() == b.render() == {"f": 5}
+
+
+def test_counter_increments_add_up() -> None:
+    docs = [fresh(r) for r in "ABC"]
+    for doc, c in docs:
+        patch(doc, c, {"op": "inc", "path": ["n"], "by": 2})
+        patch(doc, c, {"op": "inc", "path": ["n"], "by": 1})
+    synced(*(d for d, _ in docs))
+    assert all(d.render() == {"n": 9} for d, _ in docs)
+
+
+def test_concurrent_text_edits_merge_at_character_level() -> None:
+    a, ca = fresh("A")
+    patch(a, ca, {"op": "make", "path": ["t"], "type": "text", "value": "hello world"})
+    b = a.copy()
+    cb = DotCounter("B")
+    a.put({"t": "Hello world"}, ca)
+    b.put({"t": "hello world!"}, cb)
+    synced(a, b)
+    assert a.render() == b.render() == {"t": "Hello world!"}
+
+
+# -- deltas ----------------------------------------------------------------------------------
+
+
+def test_one_field_delta_is_small_and_does_not_grow_with_history() -> None:
+    doc, c = fresh("replica-one")
+    doc.put({f"f{i}": i for i in range(1000)}, c)
+    for i in range(2000):
+        patch(doc, c, {"op": "set", "path": [f"f{i % 1000}"], "value": i})
+    delta = patch(doc, c, {"op": "set", "path": ["f7"], "value": "x"})
+    assert len(encode_document(delta)) <= 100
+
+
+def test_delta_since_sends_removals_a_peer_missed() -> None:
+    a, ca = fresh("A")
+    a.put({"x": 1, "y": 2}, ca)
+    patch(a, ca, {"op": "make", "path": ["s"], "type": "set", "value": [1]})
+    b = a.copy()
+    patch(a, ca, {"op": "del", "path": ["x"]}, {"op": "remove", "path": ["s"], "value": 1})
+    catch_up = a.delta_since(b.ctx)
+    assert catch_up is not None
+    b.join(catch_up)
+    assert b == a and b.render() == {"y": 2, "s": []}
+    assert a.delta_since(b.ctx) is None
+
+
+def test_delta_since_sends_a_whole_document_delete() -> None:
+    a, ca = fresh("A")
+    a.put({"x": 1}, ca)
+    b = a.copy()
+    a.delete(ca)
+    catch_up = a.delta_since(b.ctx)
+    assert catch_up is not None
+    b.join(catch_up)
+    assert b.render() is None and b == a
+
+
+# -- laws and convergence (property tests) ---------------------------------------------------
+
+
+def _replica_histories(seed: int, n_replicas: int, steps: int) -> tuple[list[Document], list[Document]]:
+    """Random concurrent changes on replicas that occasionally sync; all their deltas."""
+    rng = random.Random(seed)
+    docs = [Document() for _ in range(n_replicas)]
+    counters = [DotCounter(f"r{i}") for i in range(n_replicas)]
+    deltas: list[Document] = []
+    for _ in range(steps):
+        i = rng.randrange(n_replicas)
+        if rng.random() < 0.15 and deltas:
+            docs[i].join(rng.choice(deltas))
+        else:
+            deltas.append(random_change(rng, docs[i], counters[i]))
+    return docs, deltas
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2, 3))
+def test_join_is_commutative_associative_idempotent(seed: int, n: int) -> None:
+    docs, _ = _replica_histories(seed, n, 25)
+    a, b = docs[0], docs[1]
+    c = docs[2] if n > 2 else Document()
+    ab, ba = a.copy(), b.copy()
+    ab.join(b)
+    ba.join(a)
+    assert ab == ba and ab.render() == ba.render()
+    ab_c = ab.copy()
+    ab_c.join(c)
+    bc = b.copy()
+    bc.join(c)
+    a_bc = a.copy()
+    a_bc.join(bc)
+    assert ab_c == a_bc
+    aa = a.copy()
+    assert not aa.join(a) or aa == a
+    assert aa == a
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32))
+def test_join_of_delta_equals_mutation(seed: int) -> None:
+    rng = random.Random(seed)
+    doc, c = fresh("A")
+    mirror = Document()
+    for _ in range(30):
+        delta = random_change(rng, doc, c)
+        mirror.join(delta)
+        assert mirror == doc
+        assert mirror.render() == doc.render()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2, 4))
+def test_replicas_converge_under_reordering_duplication_and_loss(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    docs, deltas = _replica_histories(seed, n, 30)
+    # Everyone receives every delta: shuffled, some twice; dropped ones arrive later joined
+    # into one delta group.
+    for doc in docs:
+        order = deltas + rng.sample(deltas, k=len(deltas) // 3)
+        rng.shuffle(order)
+        dropped = [d for d in order if rng.random() < 0.2]
+        for d in order:
+            if d not in dropped:
+                doc.join(d)
+        group = Document()
+        for d in dropped:
+            group.join(d)
+        doc.join(group)
+    first = docs[0]
+    for doc in docs[1:]:
+        assert doc == first
+        assert doc.render() == first.render()
+        assert doc.conflicts() == first.conflicts()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32))
+def test_delta_since_catches_up_any_older_state(seed: int) -> None:
+    rng = random.Random(seed)
+    a, ca = fresh("A")
+    b, cb = fresh("B")
+    for _ in range(20):
+        random_change(rng, a, ca)
+        if rng.random() < 0.3:
+            b.join(random_change(rng, b, cb) if rng.random() < 0.5 else a.copy())
+    catch_up = a.delta_since(b.ctx)
+    if catch_up is not None:
+        b.join(catch_up)
+    back = b.delta_since(a.ctx)
+    if back is not None:
+        a.join(back)
+    assert a == b
+    assert a.ctx.includes(CausalContext()) and a.render() == b.render()
