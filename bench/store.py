@@ -1,0 +1,212 @@
+"""Replica benchmark: durable writes against raw SQLite commits, group commit, 100k documents.
+
+Everything goes through the trio API the daemon uses (``open_replica``), at the default
+durability (WAL, ``synchronous=FULL``: every acknowledged write has been fsynced).
+
+- ``single_writes_per_s``: one trio client, each put acknowledged before the next
+  (``single_writes_thread_per_s``: the same from a plain thread via ``Writer.call``).
+- ``raw_sqlite_commits_per_s``: plain one-row WAL commits at the same synchronous level, in
+  the same run, alternating rounds with the above (the disk is noisy): the physical limit.
+- ``batched_docs_per_s``: 64 concurrent writers (group commit).
+- ``open_100k_first_get_s``: in a fresh process, open a database of 100k documents and serve
+  one ``get``.
+- ``rss_100k_mb``: peak RSS of that process after it then read all 100k documents once.
+
+    python bench/store.py [--rounds R] [--docs N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from syncd.replica import Put, Store, Writer, open_replica
+
+TARGETS = {
+    "ratio_raw": (">=", 0.5),
+    "batched_docs_per_s": (">=", 10_000),
+    "open_100k_first_get_s": ("<=", 1.0),
+    "rss_100k_mb": ("<=", 200),
+}
+
+
+def raw_commits(path: Path, n: int) -> float:
+    """One-row commits per second, WAL + synchronous=FULL, explicit transactions."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
+    t0 = time.perf_counter()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 1000, os.urandom(64)))
+        conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - t0)
+    conn.close()
+    return rate
+
+
+async def single_writes(path: Path, n: int, offset: int) -> float:
+    async with open_replica(path) as rep:
+        await rep.put("bench", "warm", {"v": 0})
+        t0 = time.perf_counter()
+        for i in range(n):
+            await rep.put("bench", f"k{(offset + i) % 1000}", {"v": i, "title": "hello"})
+        return n / (time.perf_counter() - t0)
+
+
+def thread_single_writes(path: Path, n: int, offset: int) -> float:
+    """The same as :func:`single_writes`, from a plain thread through ``Writer.call``."""
+    writer = Writer(Store(path))
+    try:
+        writer.call(partial(put_one, key="warm", i=0))
+        t0 = time.perf_counter()
+        for i in range(n):
+            writer.call(partial(put_one, key=f"k{(offset + i) % 1000}", i=i))
+        return n / (time.perf_counter() - t0)
+    finally:
+        writer.close()
+
+
+def put_one(store: Store, key: str, i: int) -> None:
+    store.apply_local("bench", key, Put({"v": i, "title": "hello"}))
+
+
+async def batched_writes(path: Path, writers: int, per_writer: int) -> tuple[float, float]:
+    """Docs per second with ``writers`` concurrent clients; also mean writes per commit."""
+    async with open_replica(path) as rep:
+
+        async def writer(w: int) -> None:
+            for i in range(per_writer):
+                await rep.put("batch", f"w{w}/{i}", {"v": i, "title": "hello"})
+
+        stats = rep.writer.stats
+        c0, r0 = stats.commits, stats.requests
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for w in range(writers):
+                nursery.start_soon(writer, w)
+        elapsed = time.perf_counter() - t0
+        return writers * per_writer / elapsed, (stats.requests - r0) / (stats.commits - c0)
+
+
+def build_big(path: Path, docs: int) -> None:
+    with Store(path, synchronous="normal") as store:
+        for start in range(0, docs, 10_000):
+            with store.batch():
+                for i in range(start, min(docs, start + 10_000)):
+                    store.apply_local("big", f"doc{i:07d}", Put({"i": i, "title": f"note {i}"}))
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS (VmHWM: ``ru_maxrss`` keeps the parent's peak across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def read_range(store: Store, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        store.get("big", f"doc{i:07d}")
+
+
+def open_and_read(path: str, docs: int) -> dict[str, float]:
+    """Runs in a fresh process: time open + first get, then read everything; report RSS."""
+
+    async def main() -> dict[str, float]:
+        t0 = time.perf_counter()
+        async with open_replica(path) as rep:
+            snap = await rep.get("big", f"doc{docs // 2:07d}")
+            first = time.perf_counter() - t0
+            assert snap.value is not None
+            rss_open = peak_rss_mb()
+            for start in range(0, docs, 1000):
+                await rep.call(partial(read_range, start=start, stop=min(docs, start + 1000)))
+        rss = peak_rss_mb()
+        return {"first_get_s": first, "rss_open_mb": rss_open, "rss_mb": rss}
+
+    return trio.run(main)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--writes", type=int, default=1000)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(open_and_read(args.child, args.docs)))
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        d = Path(tmp)
+        raw, ours, threaded = [], [], []
+        for r in range(args.rounds):
+            raw.append(raw_commits(d / "raw.sqlite3", args.writes))
+            ours.append(trio.run(single_writes, d / "single.sqlite3", args.writes, r))
+            threaded.append(thread_single_writes(d / "thread.sqlite3", args.writes, r))
+        batched, group = [], []
+        for r in range(args.rounds):
+            rate, per_commit = trio.run(batched_writes, d / f"batch{r}.sqlite3", 64, 100)
+            batched.append(rate)
+            group.append(per_commit)
+        big = d / "big.sqlite3"
+        build_big(big, args.docs)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", str(big), "--docs", str(args.docs)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        opened = json.loads(child.stdout.strip().splitlines()[-1])
+    single, raw_rate = statistics.median(ours), statistics.median(raw)
+    ratios = [o / r for o, r in zip(ours, raw, strict=True)]
+    thread_ratios = [o / r for o, r in zip(threaded, raw, strict=True)]
+    result: dict[str, Any] = {
+        "single_writes_per_s": round(single),
+        "raw_sqlite_commits_per_s": round(raw_rate),
+        "ratio_raw": round(statistics.median(ratios), 3),
+        "single_writes_thread_per_s": round(statistics.median(threaded)),
+        "ratio_raw_thread": round(statistics.median(thread_ratios), 3),
+        "batched_docs_per_s": round(statistics.median(batched)),
+        "writes_per_commit_64": round(statistics.median(group), 1),
+        "open_100k_first_get_s": round(opened["first_get_s"], 3),
+        "rss_100k_open_mb": round(opened["rss_open_mb"], 1),
+        "rss_100k_mb": round(opened["rss_mb"], 1),
+        "docs": args.docs,
+        "rounds": args.rounds,
+    }
+    for key, (op, target) in TARGETS.items():
+        value = result[key]
+        ok = value >= target if op == ">=" else value <= target
+        print(f"{key:26} {value:>12} target {op} {target:<8} {'ok' if ok else 'MISSED'}")
+    for key in (
+        "single_writes_per_s",
+        "raw_sqlite_commits_per_s",
+        "single_writes_thread_per_s",
+        "ratio_raw_thread",
+        "writes_per_commit_64",
+        "rss_100k_open_mb",
+    ):
+        print(f"{key:26} {result[key]:>12}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

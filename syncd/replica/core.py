@@ -1,0 +1,422 @@
+"""The persistence mechanics under :class:`syncd.replica.store.Store`.
+
+Batches and transactions, lazy loading of namespaces and documents, and writing a batch's
+dirty state (document, namespace-context and dot-index ranges, dot counters) in one
+transaction. :class:`StoreCore` is synchronous and single-threaded; see
+:mod:`syncd.replica.store` for the public operations built on it.
+"""
+
+import fcntl
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from syncd.crdt import CausalContext, Document, DotCounter, decode_document, encode_document
+from syncd.errors import CodecError
+from syncd.replica import ranges, schema
+from syncd.replica.cache import LRUCache
+from syncd.replica.errors import (
+    CorruptDatabaseError,
+    DatabaseLockedError,
+    StoreError,
+)
+from syncd.replica.model import (
+    Change,
+)
+
+T = TypeVar("T")
+DEFAULT_CACHE_ITEMS = 4096
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+
+
+def new_replica_id() -> str:
+    """A fresh random replica id (64 bits, hex)."""
+    return secrets.token_hex(8)
+
+
+class NamespaceState:
+    __slots__ = ("counter", "ctx", "dirty", "name", "ns_id", "own_rid", "rids", "stored_next")
+
+    def __init__(self, ns_id: int, name: str) -> None:
+        self.ns_id = ns_id
+        self.name = name
+        self.ctx: CausalContext | None = None  # loaded on first use
+        self.rids: dict[str, int] = {}
+        self.counter: DotCounter | None = None  # this incarnation's, once it wrote here
+        self.own_rid = 0
+        self.stored_next = 0
+        self.dirty: dict[str, list[ranges.Span]] = {}
+
+
+class DocEntry:
+    __slots__ = ("dirty", "doc", "doc_id", "key", "ns", "stored_live")
+
+    def __init__(self, ns: NamespaceState, key: str, doc: Document, doc_id: int | None) -> None:
+        self.ns = ns
+        self.key = key
+        self.doc = doc
+        self.doc_id = doc_id
+        self.stored_live = doc.exists() if doc_id is not None else None
+        self.dirty: dict[str, list[ranges.Span]] = {}
+
+
+class StoreCore:
+    """Batches, loading and flushing; the base of :class:`syncd.replica.store.Store`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "full",
+        cache_items: int = DEFAULT_CACHE_ITEMS,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        replica_id: str | None = None,
+        check: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.replica_id = replica_id or new_replica_id()
+        self._lock_fd = _lock(self.path)
+        try:
+            created = not self.path.exists()
+            try:
+                self._conn = schema.open_database(
+                    self.path, synchronous=synchronous, build_index=ranges.build_index
+                )
+            except CodecError as exc:
+                raise CorruptDatabaseError(f"{self.path}: migration failed: {exc}") from exc
+            if created:
+                _fsync_dir(self.path.parent)
+            if check:
+                schema.quick_check(self._conn, self.path)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._cache: LRUCache[tuple[int, str], DocEntry] = LRUCache(cache_items, cache_bytes)
+        self._namespaces: dict[str, NamespaceState] = {}
+        self._dirty: dict[tuple[int, str], DocEntry] = {}
+        self._changes: list[Change] = []
+        self._next_doc_id: int | None = None
+        self._batch = False
+        self._in_tx = False
+        self.poisoned = False
+        self.closed = False
+        self.fault_hook: Callable[[str], None] | None = None
+        """Called at named points of a commit ("flushed", "committed"); tests use it to crash."""
+        self._load_namespaces()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database (an open batch is rolled back)."""
+        if self.closed:
+            return
+        if self._in_tx:
+            self.rollback()
+        self.closed = True
+        self._conn.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a batch: every change until :meth:`commit` shares one transaction."""
+        if self._batch:
+            raise RuntimeError("a batch is already open")
+        self._batch = True
+
+    def commit(self) -> list[Change]:
+        """Write the batch's changes and commit them durably; return them in order.
+
+        On failure the batch is rolled back (see :meth:`rollback`) and the error raised.
+        """
+        if self.poisoned:
+            self.rollback()
+            raise StoreError(f"{self.path}: batch aborted by an earlier failure")
+        try:
+            self._flush()
+            if self._in_tx:
+                if not self._conn.in_transaction:
+                    raise StoreError(f"{self.path}: the transaction was aborted by SQLite")
+                self._hook("flushed")
+                self._conn.execute("COMMIT")
+                self._in_tx = False
+                self._hook("committed")
+        except BaseException as exc:
+            self.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise schema.database_error(self.path, "commit failed", exc) from exc
+            raise
+        self._batch = False
+        changes, self._changes = self._changes, []
+        return changes
+
+    def rollback(self) -> None:
+        """Discard the open batch and every in-memory state it may have touched."""
+        if self._in_tx:
+            self._in_tx = False
+            # The transaction may already be gone after an I/O error.
+            with suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+        self._batch = False
+        self.poisoned = False
+        self._changes = []
+        self._dirty.clear()
+        self._cache.clear()
+        self._next_doc_id = None
+        self._load_namespaces()
+
+    @contextmanager
+    def batch(self) -> Any:
+        """``with store.batch():`` groups the changes inside into one transaction."""
+        self.begin()
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    def _auto(self, fn: Callable[[], T]) -> T:
+        """Run a change inside the open batch, or in a batch of its own."""
+        if self._batch:
+            return self._guarded(fn)
+        self.begin()
+        try:
+            result = self._guarded(fn)
+        except BaseException:
+            if self.poisoned:
+                self.rollback()
+            else:
+                self.commit()  # a clean failure: keep e.g. a namespace row it created
+            raise
+        self.commit()
+        return result
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``; a database error may have left a partial write: poison the batch."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            self.poisoned = True
+            raise schema.database_error(self.path, "write failed", exc) from exc
+
+    def _tx(self) -> sqlite3.Connection:
+        """The connection, inside the batch's write transaction."""
+        if not self._in_tx:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise schema.database_error(self.path, "cannot start a write", exc) from exc
+            self._in_tx = True
+        return self._conn
+
+    def _hook(self, point: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point)
+
+    # -- namespaces and documents ------------------------------------------------------------
+
+    def _load_namespaces(self) -> None:
+        rows = self._query("SELECT ns_id, name FROM namespaces")
+        self._namespaces = {name: NamespaceState(ns_id, name) for ns_id, name in rows}
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise schema.database_error(self.path, "read failed", exc) from exc
+
+    def _namespace(self, name: str, create: bool) -> NamespaceState | None:
+        nss = self._namespaces.get(name)
+        if nss is None and create:
+            cur = self._tx().execute("INSERT INTO namespaces (name) VALUES (?)", (name,))
+            assert cur.lastrowid is not None
+            nss = self._namespaces[name] = NamespaceState(cur.lastrowid, name)
+            nss.ctx = CausalContext()
+        return nss
+
+    def _ctx(self, nss: NamespaceState) -> CausalContext:
+        """The namespace's context (and replica rids), loaded on first use."""
+        if nss.ctx is None:
+            try:
+                nss.ctx, nss.rids = ranges.load_ctx(self._conn, nss.ns_id)
+            except sqlite3.Error as exc:
+                raise schema.database_error(self.path, "read failed", exc) from exc
+        return nss.ctx
+
+    def _decode(self, nss: NamespaceState, key: str, state: bytes) -> Document:
+        try:
+            return decode_document(state)
+        except CodecError as exc:
+            raise CorruptDatabaseError(
+                f"{self.path}: document {key!r} of namespace {nss.name!r} is unreadable: {exc}"
+            ) from exc
+
+    def _entry(self, nss: NamespaceState, key: str, create: bool) -> DocEntry | None:
+        """The loaded document (dirty first, then cache, then disk), or a new empty one."""
+        ck = (nss.ns_id, key)
+        entry = self._dirty.get(ck) or self._cache.get(ck)
+        if entry is not None:
+            return entry
+        row = self._query(
+            "SELECT doc_id, state FROM docs WHERE ns_id = ? AND key = ?", (nss.ns_id, key)
+        )
+        if row:
+            doc_id, state = row[0]
+            entry = DocEntry(nss, key, self._decode(nss, key, state), doc_id)
+            self._cache.put(ck, entry, len(state))
+        elif create:
+            entry = DocEntry(nss, key, Document(), None)
+            self._cache.put(ck, entry, 64)
+        return entry
+
+    def _entry_by_id(self, nss: NamespaceState, doc_id: int) -> DocEntry:
+        (key, state), *_ = self._query("SELECT key, state FROM docs WHERE doc_id = ?", (doc_id,))
+        ck = (nss.ns_id, key)
+        entry = self._dirty.get(ck) or self._cache.get(ck)
+        if entry is None:
+            entry = DocEntry(nss, key, self._decode(nss, key, state), doc_id)
+            self._cache.put(ck, entry, len(state))
+        return entry
+
+    def _counter(self, nss: NamespaceState) -> DotCounter:
+        """This incarnation's dot counter for a namespace (its row is made on first use)."""
+        if nss.counter is None:
+            self._ctx(nss)  # rids first
+            conn = self._tx()
+            row = conn.execute(
+                "SELECT rid, next FROM replicas WHERE ns_id = ? AND replica = ?",
+                (nss.ns_id, self.replica_id),
+            ).fetchone()
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO replicas (ns_id, replica, next) VALUES (?, ?, 1)",
+                    (nss.ns_id, self.replica_id),
+                )
+                assert cur.lastrowid is not None
+                row = (cur.lastrowid, 1)
+            nss.own_rid = nss.rids[self.replica_id] = row[0]
+            nss.counter = DotCounter(self.replica_id, row[1])
+            nss.stored_next = row[1]
+        return nss.counter
+
+    def _record(self, entry: DocEntry, delta: Document) -> None:
+        """Note what a joined or local delta changed, for :meth:`_flush`."""
+        nss = entry.ns
+        ctx = self._ctx(nss)
+        for replica, lo, hi in delta.ctx.ranges():
+            ctx.add_range(replica, lo, hi)
+            nss.dirty.setdefault(replica, []).append((lo, hi))
+            entry.dirty.setdefault(replica, []).append((lo, hi))
+            if replica not in nss.rids:
+                nss.rids[replica] = ranges.rid_for(self._tx(), nss.ns_id, replica)
+        self._dirty[(nss.ns_id, entry.key)] = entry
+
+    def _flush(self) -> None:
+        """Write every dirty document, context range, index range and counter."""
+        if not self._dirty:
+            return
+        conn = self._tx()
+        touched: dict[int, NamespaceState] = {}
+        inserts: list[tuple[int, int, str, bool, bytes]] = []
+        live_updates: list[tuple[bool, bytes, int]] = []
+        state_updates: list[tuple[bytes, int]] = []
+        index = ranges.IndexWrites()
+        for ck, entry in self._dirty.items():
+            nss = entry.ns
+            touched[nss.ns_id] = nss
+            doc = entry.doc
+            state = encode_document(doc)
+            live = doc.exists()
+            fresh = entry.doc_id is None
+            if entry.doc_id is None:
+                entry.doc_id = self._take_doc_id()
+                inserts.append((entry.doc_id, nss.ns_id, entry.key, live, state))
+            elif live != entry.stored_live:
+                live_updates.append((live, state, entry.doc_id))
+            else:
+                state_updates.append((state, entry.doc_id))
+            entry.stored_live = live
+            for replica, spans in entry.dirty.items():
+                rs = doc.ctx.for_replica(replica)
+                assert rs is not None
+                index.add(nss.rids[replica], entry.doc_id, ranges.covering(rs, spans), fresh)
+            entry.dirty.clear()
+            self._cache.put(ck, entry, len(state))
+        self._dirty.clear()
+        if inserts:
+            conn.executemany(
+                "INSERT INTO docs (doc_id, ns_id, key, live, state) VALUES (?, ?, ?, ?, ?)",
+                inserts,
+            )
+        if live_updates:
+            conn.executemany("UPDATE docs SET live = ?, state = ? WHERE doc_id = ?", live_updates)
+        if state_updates:
+            conn.executemany("UPDATE docs SET state = ? WHERE doc_id = ?", state_updates)
+        index.write(conn)
+        for nss in touched.values():
+            ctx = self._ctx(nss)
+            for replica, spans in nss.dirty.items():
+                rs = ctx.for_replica(replica)
+                assert rs is not None
+                ranges.write_ctx(conn, nss.rids[replica], ranges.covering(rs, spans))
+            nss.dirty.clear()
+            if nss.counter is not None and nss.counter.next != nss.stored_next:
+                conn.execute(
+                    "UPDATE replicas SET next = ? WHERE rid = ?", (nss.counter.next, nss.own_rid)
+                )
+                nss.stored_next = nss.counter.next
+
+    def _take_doc_id(self) -> int:
+        """A fresh document id (ids are handed out here, so inserts can be batched)."""
+        if self._next_doc_id is None:
+            (top,) = self._conn.execute("SELECT coalesce(max(doc_id), 0) FROM docs").fetchone()
+            self._next_doc_id = int(top) + 1
+        doc_id = self._next_doc_id
+        self._next_doc_id += 1
+        return doc_id
+
+    def _flushed(self) -> None:
+        """Make pending writes visible to SQL queries in this batch."""
+        if self._dirty:
+            try:
+                self._flush()
+            except sqlite3.Error as exc:
+                self.poisoned = True
+                raise schema.database_error(self.path, "write failed", exc) from exc
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock on ``<path>.lock`` for as long as the store is open."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{lock_path}: cannot open the lock file: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DatabaseLockedError(
+            f"{path}: the database is in use by another process (lock {lock_path})"
+        ) from None
+    return fd
+
+
+def _fsync_dir(directory_path: Path) -> None:
+    fd = os.open(directory_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,51 @@
+"""The errors the replica raises.
+
+Every one names the database file it concerns, so that a message that reaches a user says
+which file to look at; none of them is ever answered by resetting the database.
+"""
+
+from __future__ import annotations
+
+from syncd.errors import SyncdError
+
+
+class StoreError(SyncdError):
+    """The database could not be used (I/O error, disk full, permissions, ...)."""
+
+    reason = "store_error"
+
+
+class CorruptDatabaseError(StoreError):
+    """The database file is not a readable syncd database, or part of it is damaged."""
+
+    reason = "corrupt_database"
+
+
+class DatabaseLockedError(StoreError):
+    """Another process holds the database open."""
+
+    reason = "database_locked"
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer syncd whose schema this build does not know."""
+
+    reason = "schema_too_new"
+
+
+class ReplicaClosedError(StoreError):
+    """The replica was closed (or its writer stopped after a fatal error)."""
+
+    reason = "closed"
+
+
+class InvalidKeyError(SyncdError):
+    """A namespace name or document key that the store does not accept."""
+
+    reason = "invalid_params"
+
+
+class InvalidDeltaError(SyncdError):
+    """A remote delta that fails validation; nothing of it was applied."""
+
+    reason = "invalid_delta"

@@ -1,0 +1,127 @@
+"""The values the replica takes and returns: writes, changes, snapshots, devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.crdt.document import Document
+from syncd.replica.errors import InvalidKeyError
+
+MAX_NAME_BYTES = 1024
+"""The longest namespace name or document key, in UTF-8 bytes."""
+
+LOCAL = "local"
+"""The ``origin`` of a change made on this device."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Make the document equal to ``value`` (a JSON object), per the contract's put semantics."""
+
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """Apply operations atomically: the ``ops`` array as JSON, or already parsed."""
+
+    ops: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete the document."""
+
+
+Write = Put | Patch | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change to one document, as the change feed and the writers see it.
+
+    ``delta`` is what a peer must join to get the change (None when the write changed
+    nothing, e.g. deleting an absent document); treat it as read-only. ``value`` is the
+    document rendered after the change (None when deleted or absent). ``dots`` is, for a
+    local change, the range of counters it took from this replica's dot counter.
+    """
+
+    ns: str
+    key: str
+    value: dict[str, Any] | None
+    origin: str
+    existed: bool
+    delta: Document | None
+    dots: tuple[int, int] | None = None
+
+    @property
+    def deleted(self) -> bool:
+        """True when the document does not exist after the change."""
+        return self.value is None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A document as read: ``value`` is None when absent or deleted."""
+
+    ns: str
+    key: str
+    value: dict[str, Any] | None
+    conflicts: list[dict[str, Any]] | None = None
+
+    @property
+    def exists(self) -> bool:
+        """True when the document exists."""
+        return self.value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A trusted device: its ID, optional name, static addresses, last time seen (Unix)."""
+
+    device_id: str
+    name: str | None
+    addresses: tuple[str, ...]
+    last_seen: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """A namespace, the devices it is shared with and how many documents exist in it."""
+
+    name: str
+    devices: tuple[str, ...]
+    documents: int
+
+
+def check_name(what: str, name: object) -> str:
+    """Validate a namespace name or document key and return it.
+
+    Any non-empty string of valid Unicode (no surrogates, no NUL) up to
+    :data:`MAX_NAME_BYTES` UTF-8 bytes is accepted.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidKeyError(f"{what} must be a non-empty string")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"{what} is not valid Unicode") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidKeyError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
+    if "\x00" in name:
+        raise InvalidKeyError(f"{what} contains a NUL character")
+    return name
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: none)."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        nxt = last + 1
+        if nxt == 0xD800:
+            nxt = 0xE000
+        if nxt <= 0x10FFFF:
+            return "".join(chars) + chr(nxt)
+    return None

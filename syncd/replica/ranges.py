@@ -1,0 +1,138 @@
+"""Persisting causal contexts as rows of ranges: the namespace context and the dot index.
+
+Both tables hold sorted, disjoint ranges per ``rid`` (one replica in one namespace): ``ctx``
+the namespace context, ``dot_index`` each document's context. An update writes only the
+ranges a change touched: after the in-memory context absorbed the change, every touched span
+lies inside one range of it, which replaces the rows it swallowed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+
+from syncd.crdt import CausalContext, Ranges, decode_document
+from syncd.errors import CodecError
+
+Span = tuple[int, int]
+
+
+def covering(ranges: Ranges, spans: Iterable[Span]) -> set[Span]:
+    """The ranges of ``ranges`` that contain the given spans (each span lies inside one)."""
+    out: set[Span] = set()
+    starts, ends = ranges.starts, ranges.ends
+    for lo, _ in spans:
+        i = bisect_right(starts, lo) - 1
+        out.add((starts[i], ends[i]))
+    return out
+
+
+def write_ctx(conn: sqlite3.Connection, rid: int, merged: Iterable[Span]) -> None:
+    """Replace the namespace-context rows of ``rid`` swallowed by each merged range."""
+    for lo, hi in merged:
+        conn.execute("DELETE FROM ctx WHERE rid = ? AND lo BETWEEN ? AND ?", (rid, lo, hi))
+        conn.execute("INSERT INTO ctx (rid, lo, hi) VALUES (?, ?, ?)", (rid, lo, hi))
+
+
+class IndexWrites:
+    """The dot-index rows a flush replaces, written with one ``executemany`` each."""
+
+    __slots__ = ("deletes", "inserts")
+
+    def __init__(self) -> None:
+        self.deletes: list[tuple[int, int, int, int]] = []
+        self.inserts: list[tuple[int, int, int, int]] = []
+
+    def add(self, rid: int, doc_id: int, merged: Iterable[Span], fresh: bool) -> None:
+        """Replace the rows of one document swallowed by each merged range.
+
+        A dot belongs to one document only, so the rows of ``rid`` whose end lies in a range
+        of this document's context are this document's own: the range scan touches no others.
+        A ``fresh`` document has no rows yet.
+        """
+        for lo, hi in merged:
+            if not fresh:
+                self.deletes.append((rid, lo, hi, doc_id))
+            self.inserts.append((rid, hi, lo, doc_id))
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Execute the deletes, then the inserts."""
+        if self.deletes:
+            conn.executemany(
+                "DELETE FROM dot_index WHERE rid = ? AND hi BETWEEN ? AND ? AND doc_id = ?",
+                self.deletes,
+            )
+        conn.executemany(
+            "INSERT INTO dot_index (rid, hi, lo, doc_id) VALUES (?, ?, ?, ?)", self.inserts
+        )
+
+
+def load_ctx(conn: sqlite3.Connection, ns_id: int) -> tuple[CausalContext, dict[str, int]]:
+    """A namespace's context and its replica ids → rids."""
+    rids = {
+        replica: rid
+        for rid, replica in conn.execute(
+            "SELECT rid, replica FROM replicas WHERE ns_id = ?", (ns_id,)
+        )
+    }
+    names = {rid: replica for replica, rid in rids.items()}
+    ctx = CausalContext()
+    for rid, lo, hi in conn.execute(
+        "SELECT c.rid, c.lo, c.hi FROM ctx c JOIN replicas r ON r.rid = c.rid "
+        "WHERE r.ns_id = ? ORDER BY c.rid, c.lo",
+        (ns_id,),
+    ):
+        ctx.add_range(names[rid], lo, hi)
+    return ctx, rids
+
+
+def rid_for(conn: sqlite3.Connection, ns_id: int, replica: str) -> int:
+    """The rid of ``replica`` in a namespace, creating its row if needed."""
+    row = conn.execute(
+        "SELECT rid FROM replicas WHERE ns_id = ? AND replica = ?", (ns_id, replica)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    cur = conn.execute("INSERT INTO replicas (ns_id, replica) VALUES (?, ?)", (ns_id, replica))
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def index_rows(
+    conn: sqlite3.Connection, rid: int, lo: int, hi: int, batch: int = 256
+) -> Iterator[tuple[int, int, str]]:
+    """``(lo, hi, key)`` of the dot-index rows of ``rid`` that overlap ``lo..hi``, ascending.
+
+    Rows of one rid are disjoint ranges, so ordered by end they are ordered by start too: the
+    scan starts at the first end ``>= lo`` and stops at the first start ``> hi``.
+    """
+    cursor = lo
+    while True:
+        rows = conn.execute(
+            "SELECT i.lo, i.hi, d.key FROM dot_index i JOIN docs d ON d.doc_id = i.doc_id "
+            "WHERE i.rid = ? AND i.hi >= ? ORDER BY i.hi LIMIT ?",
+            (rid, cursor, batch),
+        ).fetchall()
+        for row in rows:
+            if row[0] > hi:
+                return
+            yield row
+        if len(rows) < batch:
+            return
+        cursor = rows[-1][1] + 1
+
+
+def build_index(conn: sqlite3.Connection) -> None:
+    """Fill ``dot_index`` from every stored document (migration from schema 1)."""
+    conn.execute("DELETE FROM dot_index")
+    for doc_id, ns_id, state in conn.execute("SELECT doc_id, ns_id, state FROM docs").fetchall():
+        try:
+            doc = decode_document(bytes(state))
+        except CodecError as exc:
+            raise CodecError(f"document {doc_id} does not decode: {exc}") from exc
+        for replica, lo, hi in doc.ctx.ranges():
+            conn.execute(
+                "INSERT INTO dot_index (rid, hi, lo, doc_id) VALUES (?, ?, ?, ?)",
+                (rid_for(conn, ns_id, replica), hi, lo, doc_id),
+            )

@@ -1,0 +1,225 @@
+"""The database file: its schema, forward migrations, and opening it safely.
+
+The schema is versioned with ``PRAGMA user_version`` and marked as ours with ``PRAGMA
+application_id``. Opening never resets anything: a file that is not a syncd database, is
+damaged, or was written by a newer syncd raises an error that names the file. An older schema
+is migrated forward, one version per transaction.
+
+(SQLite 3.40's integrity check misreports NOT NULL columns of a WITHOUT ROWID table that come
+after a primary-key column declared later, so primary-key columns are declared first.)
+
+Tables (``rid`` numbers one replica within one namespace; dot counters are per namespace):
+
+- ``namespaces(ns_id, name)``
+- ``replicas(rid, ns_id, replica, next)``: every replica whose dots the namespace holds;
+  ``next`` is the persisted dot counter of this store's own incarnations (NULL for others).
+- ``ctx(rid, lo, hi)``: the namespace causal context, disjoint ranges ``lo..hi`` per replica.
+- ``docs(doc_id, ns_id, key, live, state)``: encoded CRDT state of every document, deleted
+  ones included (their context still matters to anti-entropy); ``live`` mirrors ``exists()``.
+- ``dot_index(rid, hi, doc_id, lo)``: the ranges of each document's context, so "documents
+  holding dots a peer lacks" is a range query (schema 2).
+- ``peer_state(peer, ns_id, data)``: opaque per-peer sync metadata (schema 2).
+- ``devices(device_id, name, addresses, last_seen)``: the trusted devices, and
+  ``shares(ns_id, device_id)``: which namespace is shared with which of them (schema 2).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from syncd.replica.errors import (
+    CorruptDatabaseError,
+    DatabaseLockedError,
+    SchemaTooNewError,
+    StoreError,
+)
+
+APPLICATION_ID = 0x73796E63  # "sync"
+SCHEMA_VERSION = 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SYNCHRONOUS_LEVELS = ("full", "normal", "extra")
+
+# Schema 1, kept verbatim: migrations start from it and a test creates it.
+SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE namespaces (ns_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE replicas (
+    rid INTEGER PRIMARY KEY,
+    ns_id INTEGER NOT NULL,
+    replica TEXT NOT NULL,
+    next INTEGER,
+    UNIQUE (ns_id, replica)
+);
+CREATE TABLE ctx (
+    rid INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (rid, lo)
+) WITHOUT ROWID;
+CREATE TABLE docs (
+    doc_id INTEGER PRIMARY KEY,
+    ns_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    live INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    UNIQUE (ns_id, key)
+);
+"""
+
+SCHEMA_V2_ADDITIONS = """
+CREATE TABLE dot_index (
+    rid INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    doc_id INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    PRIMARY KEY (rid, hi, doc_id)
+) WITHOUT ROWID;
+CREATE INDEX docs_live ON docs (ns_id, live, key);
+CREATE TABLE peer_state (
+    peer TEXT NOT NULL,
+    ns_id INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (peer, ns_id)
+) WITHOUT ROWID;
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    name TEXT,
+    addresses TEXT NOT NULL,
+    last_seen REAL
+) WITHOUT ROWID;
+CREATE TABLE shares (
+    ns_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    PRIMARY KEY (ns_id, device_id)
+) WITHOUT ROWID;
+"""
+
+IndexBuilder = Callable[[sqlite3.Connection], None]
+
+
+def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
+    """Translate an ``sqlite3`` error into a :class:`StoreError` that names the file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = f"{path}: {doing}: {exc}"
+    if primary in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
+        return CorruptDatabaseError(
+            message + " (the database is damaged; restore it from a backup or move it away)"
+        )
+    if primary in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
+        return DatabaseLockedError(message)
+    return StoreError(message)
+
+
+def _check_header(path: Path) -> None:
+    """A non-empty file must start with the SQLite magic; anything else is refused."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the database: {exc}") from exc
+    if head and head != SQLITE_MAGIC:
+        raise CorruptDatabaseError(f"{path}: not an SQLite database (refusing to overwrite it)")
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _statements(SCHEMA_V1 + SCHEMA_V2_ADDITIONS):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection, build_index: IndexBuilder) -> None:
+    for statement in _statements(SCHEMA_V2_ADDITIONS):
+        conn.execute(statement)
+    build_index(conn)
+
+
+def open_database(
+    path: Path, *, synchronous: str = "full", build_index: IndexBuilder
+) -> sqlite3.Connection:
+    """Open (creating if absent) the database at ``path``, migrated to the current schema.
+
+    ``build_index`` fills ``dot_index`` from the stored documents (used by the migration from
+    schema 1, which had no index). The connection is in autocommit mode (explicit ``BEGIN
+    IMMEDIATE``), WAL, with the given ``synchronous`` level.
+    """
+    if synchronous not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
+    _check_header(path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise database_error(path, "cannot open the database", exc) from exc
+    try:
+        _prepare(conn, path, synchronous, build_index)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(
+    conn: sqlite3.Connection, path: Path, synchronous: str, build_index: IndexBuilder
+) -> None:
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == 0 and version == 0:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise CorruptDatabaseError(
+                    f"{path}: an SQLite database that syncd did not create (refusing to use it)"
+                )
+            _create(conn)
+            return
+        if app_id != APPLICATION_ID:
+            raise CorruptDatabaseError(
+                f"{path}: not a syncd database (application_id {app_id:#x}; refusing to use it)"
+            )
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"{path}: written by a newer syncd (schema {version}; this build knows up to "
+                f"{SCHEMA_VERSION}); upgrade syncd to open it"
+            )
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[version](conn, build_index)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version += 1
+    except sqlite3.Error as exc:
+        raise database_error(path, "cannot open the database", exc) from exc
+
+
+def quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """Run SQLite's ``quick_check``; raise :class:`CorruptDatabaseError` on any finding."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+    except sqlite3.Error as exc:
+        raise database_error(path, "integrity check failed", exc) from exc
+    if rows != ["ok"]:
+        raise CorruptDatabaseError(f"{path}: integrity check failed: {'; '.join(rows[:5])}")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection, IndexBuilder], None]] = {
+    1: _migrate_1_to_2,
+}

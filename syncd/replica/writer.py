@@ -1,0 +1,220 @@
+"""The writer thread: the one owner of the store, committing waiting work in groups.
+
+Callers on any thread :meth:`Writer.submit` requests (a function of the store). The thread
+takes every request waiting, runs them all inside one batch (:meth:`Store.begin`) and commits
+them with one transaction and one fsync, then reports each request's outcome. While a commit
+is being synced, new requests queue up and form the next group, so the more writers wait the
+larger the groups get (group commit); a lone write still commits at once, and nobody's write
+is reported before it is durable.
+
+Outcomes are handed to the request's *sink* once per batch (not once per request), so a
+sink that crosses into trio costs one wake-up per batch. A sink can also be registered to see
+every batch's committed changes (the change feed).
+
+Failures: a request that fails cleanly (e.g. a bad patch) fails alone. A request that fails
+after changing state poisons the batch: it is rolled back, that request fails and the others
+are run again in the next batch (nothing of them had been reported). If the commit itself
+fails, every request of the batch fails with that error.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import outcome
+
+from syncd.replica.errors import ReplicaClosedError
+from syncd.replica.model import Change
+from syncd.replica.store import Store
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+
+class Sink(Protocol):
+    """Receives a batch's outcomes (and, if registered as a listener, its changes)."""
+
+    def batch_done(
+        self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
+    ) -> None:
+        """Called on the writer thread after each batch; must not block."""
+        ...
+
+
+class Request:
+    """One unit of work for the writer: ``fn(store)``; its outcome goes to ``sink``."""
+
+    __slots__ = ("abandoned", "fn", "sink", "waiter")
+
+    def __init__(self, fn: Callable[[Store], Any], sink: Sink, waiter: Any = None) -> None:
+        self.fn = fn
+        self.sink = sink
+        self.waiter = waiter
+        """Whatever the sink needs to wake the caller (a trio task, an event)."""
+        self.abandoned = False
+        """Set by a caller that stopped waiting; the request may still run."""
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters for tests and benchmarks."""
+
+    requests: int = 0
+    batches: int = 0
+    commits: int = 0
+    retried: int = 0
+
+
+class _ThreadSink:
+    """Wakes callers blocked in :meth:`Writer.call` (one ``threading.Event`` each)."""
+
+    def batch_done(
+        self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
+    ) -> None:
+        for req, result in done:
+            box, event = req.waiter
+            box.append(result)
+            event.set()
+
+
+class Writer:
+    """Owns a :class:`Store` on a thread of its own; see the module docstring."""
+
+    def __init__(self, store: Store, *, max_batch: int = MAX_BATCH) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.stats = WriterStats()
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._listeners: list[Sink] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._thread_sink = _ThreadSink()
+        self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
+        self._thread.start()
+
+    # -- callers -------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (any thread)."""
+        with self._lock:
+            if self._closed:
+                raise ReplicaClosedError(f"{self.store.path}: the replica is closed")
+            self._queue.put(request)
+
+    def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the writer thread and wait for its committed result."""
+        box: list[outcome.Outcome[T]] = []
+        event = threading.Event()
+        self.submit(Request(fn, self._thread_sink, (box, event)))
+        event.wait()
+        return box[0].unwrap()
+
+    def add_listener(self, sink: Sink) -> None:
+        """Show ``sink`` every batch's committed changes (with its own outcomes, if any)."""
+        with self._lock:
+            self._listeners = [*self._listeners, sink]
+
+    def remove_listener(self, sink: Sink) -> None:
+        """Stop showing ``sink`` the changes."""
+        with self._lock:
+            self._listeners = [s for s in self._listeners if s is not sink]
+
+    def close(self) -> None:
+        """Finish the queued requests, close the store and stop the thread (blocking)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._thread.join()
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[Request] = []
+        stopping = False
+        try:
+            while pending or not stopping:
+                if not pending:
+                    item = self._queue.get()
+                    if item is None:
+                        stopping = True
+                        continue
+                    pending.append(item)
+                while len(pending) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    pending.append(item)
+                batch, pending = pending[: self.max_batch], pending[self.max_batch :]
+                retry = self._run_batch(batch)
+                self.stats.retried += len(retry)
+                pending = retry + pending
+        except BaseException as exc:  # a bug in the writer itself: fail loudly, not silently
+            self._failure = exc
+            raise
+        finally:
+            self._shutdown(pending)
+
+    def _run_batch(self, batch: list[Request]) -> list[Request]:
+        """Run and commit one group; return the requests to run again (after a poisoning)."""
+        store = self.store
+        self.stats.batches += 1
+        done: list[tuple[Request, outcome.Outcome[Any]]] = []
+        store.begin()
+        for i, req in enumerate(batch):
+            result = outcome.capture(req.fn, store)
+            if store.poisoned:
+                store.rollback()
+                self._deliver([(req, result)], [])
+                return batch[:i] + batch[i + 1 :]
+            done.append((req, result))
+        try:
+            changes = store.commit()
+        except BaseException as exc:
+            failed = outcome.Error(exc)
+            self._deliver([(req, failed) for req in batch], [])
+            return []
+        self.stats.commits += 1
+        self.stats.requests += len(batch)
+        self._deliver(done, changes)
+        return []
+
+    def _deliver(
+        self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
+    ) -> None:
+        by_sink: dict[int, tuple[Sink, list[tuple[Request, outcome.Outcome[Any]]]]] = {}
+        for item in done:
+            sink = item[0].sink
+            by_sink.setdefault(id(sink), (sink, []))[1].append(item)
+        listeners = {id(s) for s in self._listeners} if changes else set()
+        if changes:
+            for sink in self._listeners:
+                by_sink.setdefault(id(sink), (sink, []))
+        for key, (sink, items) in by_sink.items():
+            sink.batch_done(items, changes if key in listeners else [])
+
+    def _shutdown(self, pending: list[Request]) -> None:
+        with self._lock:
+            self._closed = True
+        leftovers = list(pending)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                leftovers.append(item)
+        closed = ReplicaClosedError(f"{self.store.path}: the replica is closed")
+        if self._failure is not None:
+            closed.__cause__ = self._failure
+        self._deliver([(req, outcome.Error(closed)) for req in leftovers], [])
+        self.store.close()

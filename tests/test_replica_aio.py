@@ -1,0 +1,159 @@
+"""The replica from trio: group commit, change feed, failures, cancellation, closing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from syncd.crdt import Document, DotCounter
+from syncd.errors import PatchError
+from syncd.replica import Change, Patch, Put, ReplicaClosedError, Store, Writer, open_replica
+from syncd.replica.verify import check_database
+
+
+async def test_roundtrip(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite3"
+    async with open_replica(db) as rep:
+        await rep.put("ns", "a", {"t": "x"})
+        await rep.patch("ns", "a", [{"op": "set", "path": ["u"], "value": 1}])
+        assert (await rep.get("ns", "a")).value == {"t": "x", "u": 1}
+        assert (await rep.delete("ns", "a")).existed
+        assert not (await rep.delete("ns", "a")).existed
+        assert await rep.list_keys("ns") == []
+        await rep.trust("DEV")
+        await rep.share("ns", ["DEV"])
+        assert [n.devices for n in await rep.namespaces()] == [("DEV",)]
+    assert check_database(db) == []
+
+
+async def test_concurrent_writers_share_commits(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite3"
+    async with open_replica(db) as rep:
+        async with trio.open_nursery() as nursery:
+            for w in range(64):
+                nursery.start_soon(rep.put, "ns", f"k{w}", {"w": w})
+        stats = rep.writer.stats
+        assert stats.requests == 64
+        assert stats.commits <= 16, stats  # 64 writes, a handful of fsyncs
+    with Store(db) as s:
+        assert len(s.list_keys("ns")) == 64
+
+
+async def test_a_bad_patch_fails_alone(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        await rep.put("ns", "k", {"t": "text"})
+        results: dict[str, object] = {}
+
+        async def good(i: int) -> None:
+            results[f"g{i}"] = (await rep.put("ns", f"g{i}", {"i": i})).value
+
+        async def bad() -> None:
+            with pytest.raises(PatchError):
+                await rep.patch("ns", "k", [{"op": "inc", "path": ["t"], "by": 1}])
+            results["bad"] = "raised"
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(good, i)
+            nursery.start_soon(bad)
+        assert results == {"bad": "raised", **{f"g{i}": {"i": i} for i in range(10)}}
+
+
+async def test_a_poisoned_batch_is_retried_without_the_culprit(tmp_path: Path) -> None:
+    def poison(s: Store) -> None:
+        s.apply_local("ns", "culprit", Put({"x": 1}))
+        s.poisoned = True
+        raise RuntimeError("boom")
+
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+
+        async def culprit() -> None:
+            with pytest.raises(RuntimeError, match="boom"):
+                await rep.call(poison)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(rep.put, "ns", f"g{i}", {"i": i})
+            nursery.start_soon(culprit)
+        assert await rep.list_keys("ns") == sorted(f"g{i}" for i in range(20))
+
+
+async def test_change_feed_in_commit_order_with_filters(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        everything = rep.subscribe()
+        notes_b = rep.subscribe("notes", "b/")
+        seen: list[Change] = []
+        remove = rep.add_change_listener(seen.append)
+        await rep.put("notes", "a", {"n": 1})
+        await rep.put("notes", "b/1", {"n": 2})
+        await rep.put("other", "b/2", {"n": 3})
+        await rep.delete("notes", "b/1")
+        delta = Document().put({"r": 1}, DotCounter("peer", 1))
+        await rep.apply_remote("notes", [("b/9", delta)], "DEV-P")
+        remove()
+        await rep.put("notes", "b/late", {})
+        got = [(c.ns, c.key, c.value, c.origin) for c in seen]
+        assert got == [
+            ("notes", "a", {"n": 1}, "local"),
+            ("notes", "b/1", {"n": 2}, "local"),
+            ("other", "b/2", {"n": 3}, "local"),
+            ("notes", "b/1", None, "local"),
+            ("notes", "b/9", {"r": 1}, "DEV-P"),
+        ]
+        assert [(await everything.receive()).key for _ in range(6)] == [
+            "a",
+            "b/1",
+            "b/2",
+            "b/1",
+            "b/9",
+            "b/late",
+        ]
+        assert [(await notes_b.receive()).key for _ in range(4)] == ["b/1", "b/1", "b/9", "b/late"]
+        notes_b.close()
+        with pytest.raises(trio.EndOfChannel):
+            await notes_b.receive()
+
+
+async def test_slow_subscriber_overflows_and_is_told(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        sub = rep.subscribe(max_buffer=3)
+        for i in range(5):
+            await rep.put("ns", f"k{i}", {})
+        keys = [c.key async for c in sub]
+        assert keys == ["k0", "k1", "k2"]
+        assert sub.overflowed
+
+
+async def test_cancelled_wait_leaves_the_replica_usable(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await rep.put("ns", "never", {})
+        assert not (await rep.get("ns", "never")).exists  # cancelled before submission
+        with trio.move_on_after(0):
+            await rep.put("ns", "maybe", {})
+        await rep.put("ns", "after", {})
+        assert "after" in await rep.list_keys("ns")
+
+
+async def test_closed_replica_refuses_calls(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        pass
+    with pytest.raises(ReplicaClosedError):
+        await rep.put("ns", "k", {})
+
+
+def test_thread_callers(tmp_path: Path) -> None:
+    writer = Writer(Store(tmp_path / "r.sqlite3"))
+    bump = Patch([{"op": "inc", "path": ["v"], "by": 1}])
+    try:
+        change = writer.call(lambda s: s.apply_local("ns", "k", Put({"v": 1})))
+        assert change.value == {"v": 1}
+        with pytest.raises(PatchError):
+            writer.call(lambda s: s.apply_local("ns", "k", bump))
+    finally:
+        writer.close()
+    with pytest.raises(ReplicaClosedError):
+        writer.call(lambda s: None)

@@ -1,0 +1,347 @@
+"""The synchronous store: writes, reads, persistence, errors, schema migration, lazy loading."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.crdt import CausalContext, Document, DotCounter, encode_document
+from syncd.errors import InvalidOperation, PatchError, SyncdError
+from syncd.replica import (
+    CorruptDatabaseError,
+    DatabaseLockedError,
+    Delete,
+    InvalidKeyError,
+    Patch,
+    Put,
+    SchemaTooNewError,
+    Store,
+    schema,
+)
+from syncd.replica import core as replica_core
+from syncd.replica.verify import check_database
+from syncd.sync.replica import SyncReplica
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "home" / "replica.sqlite3"
+
+
+def test_put_get_patch_delete_list(db: Path) -> None:
+    with Store(db) as s:
+        c = s.apply_local("notes", "a", Put({"title": "hello", "n": 1}))
+        assert (c.value, c.existed, c.origin, c.deleted) == (
+            {"title": "hello", "n": 1},
+            False,
+            "local",
+            False,
+        )
+        s.apply_local(
+            "notes",
+            "a",
+            Patch([{"op": "make", "path": ["n"], "type": "counter", "value": 1}]),
+        )
+        s.apply_local("notes", "a", Patch([{"op": "inc", "path": ["n"], "by": 2}]))
+        s.apply_local("notes", "b/1", Put({}))
+        s.apply_local("notes", "b/2", Put({"x": [1, 2]}))
+        s.apply_local("other", "b/3", Put({"x": 1}))
+        assert s.get("notes", "a").value == {"title": "hello", "n": 3}
+        assert s.list_keys("notes") == ["a", "b/1", "b/2"]
+        assert s.list_keys("notes", "b/") == ["b/1", "b/2"]
+        assert s.list_keys("missing") == []
+        d = s.apply_local("notes", "b/1", Delete())
+        assert d.existed
+        assert d.deleted
+        assert d.delta is not None
+        again = s.apply_local("notes", "b/1", Delete())
+        assert not again.existed
+        assert again.delta is None
+        assert s.list_keys("notes", "b") == ["b/2"]
+        assert not s.get("notes", "b/1").exists
+        assert not s.get("nope", "x").exists
+    assert check_database(db) == []
+
+
+def test_prefix_listing_at_unicode_edges(db: Path) -> None:
+    keys = ["a", "a\U0010ffff", "a\U0010ffffz", "ab", "\ud7ff", "\ue000", "b"]
+    with Store(db) as s:
+        for k in keys:
+            s.apply_local("ns", k, Put({}))
+        assert s.list_keys("ns") == sorted(keys)
+        for prefix in ["a", "a\U0010ffff", "\ud7ff", "\U0010ffff"]:
+            assert s.list_keys("ns", prefix) == [k for k in sorted(keys) if k.startswith(prefix)]
+
+
+def test_state_survives_reopen_with_a_fresh_replica_id(db: Path) -> None:
+    with Store(db) as s:
+        first = s.replica_id
+        s.apply_local("ns", "k", Put({"v": 1}))
+        ctx1 = s.context("ns")
+    with Store(db) as s:
+        assert s.replica_id != first
+        assert s.get("ns", "k").value == {"v": 1}
+        assert s.context("ns") == ctx1
+        c = s.apply_local("ns", "k", Put({"v": 2}))
+        assert c.dots is not None
+        assert c.dots[0] == 1
+        assert set(s.context("ns").replicas()) == {first, s.replica_id}
+    assert check_database(db) == []
+
+
+def test_dot_counter_is_persisted_with_the_state(db: Path) -> None:
+    with Store(db) as s:
+        for i in range(5):
+            s.apply_local("ns", f"k{i}", Put({"i": i}))
+        rid = s.replica_id
+        top = s.context("ns").max(rid)
+    conn = sqlite3.connect(db)
+    (nxt,) = conn.execute("SELECT next FROM replicas WHERE replica = ?", (rid,)).fetchone()
+    conn.close()
+    assert nxt == top + 1
+
+
+def test_failed_patch_changes_nothing(db: Path) -> None:
+    with Store(db) as s:
+        s.apply_local("ns", "k", Put({"t": "x"}))
+        before, ctx = s.document("ns", "k"), s.context("ns")
+        with pytest.raises(PatchError):
+            s.apply_local("ns", "k", Patch([{"op": "inc", "path": ["t"], "by": 1}]))
+        with pytest.raises(InvalidOperation):
+            s.apply_local("ns", "k", Patch([{"op": "bogus"}]))
+        with pytest.raises(InvalidOperation):
+            s.apply_local("ns", "k", Put([1]))  # type: ignore[arg-type]
+        assert s.document("ns", "k") == before
+        assert s.context("ns") == ctx
+        c = s.apply_local("ns", "k", Put({"t": "y"}))
+        assert c.dots is not None
+        assert c.dots[0] == ctx.max(s.replica_id) + 1
+    assert check_database(db) == []
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 1025, "a\x00b", "\ud800", 3])
+def test_bad_names_are_refused(db: Path, bad: object) -> None:
+    with Store(db) as s, pytest.raises(InvalidKeyError):
+        s.apply_local("ns", bad, Put({}))  # type: ignore[arg-type]
+
+
+def test_batch_commits_everything_together(db: Path) -> None:
+    with Store(db) as s:
+        s.begin()
+        changes = [s.apply_local("ns", f"k{i}", Put({"i": i})) for i in range(10)]
+        s.apply_local("ns", "k0", Put({"i": 100}))
+        assert s.list_keys("ns")[:2] == ["k0", "k1"]  # visible inside the batch
+        committed = s.commit()
+        assert committed[:10] == changes
+        assert len(committed) == 11
+        s.begin()
+        s.apply_local("ns", "gone", Put({}))
+        s.rollback()
+        assert not s.get("ns", "gone").exists
+    with Store(db) as s:
+        assert len(s.list_keys("ns")) == 10
+        assert s.get("ns", "k0").value == {"i": 100}
+    assert check_database(db) == []
+
+
+def lacking(s: Store, ns: str, peer_ctx: CausalContext) -> dict[str, Document]:
+    """What a peer with ``peer_ctx`` lacks, found through the dot index (as anti-entropy does)."""
+    out: dict[str, Document] = {}
+    for replica, lo, hi in s.context(ns).difference(peer_ctx).ranges():
+        for row_lo, row_hi, key in s.index_rows(ns, replica, lo, hi):
+            assert row_lo <= hi
+            assert row_hi >= lo
+            doc = s.load(ns, key)
+            assert doc is not None
+            delta = doc.delta_since(peer_ctx)
+            if delta is not None:
+                out[key] = delta
+    return out
+
+
+def test_dot_index_finds_exactly_what_a_peer_lacks(db: Path) -> None:
+    with Store(db) as s:
+        for i in range(50):
+            s.apply_local("ns", f"k{i % 20}", Put({"i": i}))
+        old = s.context("ns")
+        peer = {f"k{i}": s.document("ns", f"k{i}") for i in range(20)}
+        for i in range(50, 60):
+            s.apply_local("ns", f"k{i % 7}", Put({"i": i}))
+        s.apply_local("ns", "k3", Delete())
+        got = lacking(s, "ns", old)
+        assert set(got) == {f"k{i % 7}" for i in range(50, 60)} | {"k3"}
+        # A peer that held `old` and joins the deltas ends equal to us.
+        for key, delta in got.items():
+            doc = peer[key]
+            assert doc is not None
+            doc.join(delta)
+            assert doc == s.document("ns", key)
+        assert sorted(lacking(s, "ns", CausalContext())) == sorted(f"k{i}" for i in range(20))
+        assert lacking(s, "ns", s.context("ns")) == {}
+        assert s.index_rows("ns", "nobody", 1, 10) == []
+
+
+def test_store_is_what_the_sync_engine_needs(db: Path) -> None:
+    with Store(db) as s:
+        replica: SyncReplica = s
+        assert replica.load("ns", "absent") is None
+
+
+def test_devices_shares_and_peer_state(db: Path) -> None:
+    with Store(db) as s:
+        s.trust("DEV-B", "laptop", ["10.0.0.2:22000"])
+        s.trust("DEV-A", None)
+        with pytest.raises(SyncdError) as err:
+            s.share("notes", ["DEV-A", "DEV-X"])
+        assert err.value.reason == "not_trusted"
+        assert s.shared_with("notes") == []
+        s.share("notes", ["DEV-B", "DEV-A"])
+        s.apply_local("notes", "k", Put({}))
+        s.save_peer_state("DEV-B", "notes", b"\x01\x02")
+        s.device_seen("DEV-B", 1234.5)
+    with Store(db) as s:
+        assert [(d.device_id, d.name, d.addresses, d.last_seen) for d in s.devices()] == [
+            ("DEV-A", None, (), None),
+            ("DEV-B", "laptop", ("10.0.0.2:22000",), 1234.5),
+        ]
+        assert [(n.name, n.devices, n.documents) for n in s.namespaces()] == [
+            ("notes", ("DEV-A", "DEV-B"), 1)
+        ]
+        assert s.load_peer_state("DEV-B", "notes") == b"\x01\x02"
+        assert s.load_peer_state("DEV-A", "notes") is None
+        s.unshare("notes", ["DEV-A"])
+        assert s.shared_with("notes") == ["DEV-B"]
+        assert s.untrust("DEV-B")
+        assert not s.untrust("DEV-B")
+        assert s.shared_with("notes") == []
+
+
+# -- refusing bad files ---------------------------------------------------------------------------
+
+
+def test_garbage_file_is_refused_and_left_alone(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CorruptDatabaseError, match=str(db)):
+        Store(db)
+    assert db.read_bytes() == b"this is not a database" * 100
+
+
+def test_foreign_sqlite_database_is_refused(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptDatabaseError, match="did not create"):
+        Store(db)
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SchemaTooNewError, match=str(db)):
+        Store(db)
+
+
+def test_damaged_pages_give_a_clear_error(db: Path) -> None:
+    with Store(db) as s, s.batch():
+        for i in range(300):
+            s.apply_local("ns", f"k{i}", Put({"text": "x" * 200, "i": i}))
+    data = bytearray(db.read_bytes())
+    page = 4096
+    for p in range(2, len(data) // page):
+        data[p * page : p * page + 64] = b"\xa5" * 64
+    db.write_bytes(bytes(data))
+    with pytest.raises(CorruptDatabaseError, match=str(db)):
+        Store(db, check=True)
+    with pytest.raises(CorruptDatabaseError, match=str(db)), Store(db) as s:  # noqa: PT012
+        for i in range(300):
+            s.get("ns", f"k{i}")
+
+
+def test_second_open_is_refused(db: Path) -> None:
+    with Store(db), pytest.raises(DatabaseLockedError, match="in use"):
+        Store(db)
+
+
+# -- schema migration -----------------------------------------------------------------------------
+
+
+def test_opens_and_migrates_a_schema_1_database(db: Path) -> None:
+    """Schema 1 had no dot index, devices, shares or peer state."""
+    doc = Document()
+    counter = DotCounter("old-replica", 1)
+    doc.put({"title": "from v1"}, counter)
+    gone = Document()
+    gone.put({"x": 1}, counter)
+    gone.delete(counter)
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for stmt in schema.SCHEMA_V1.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO namespaces (ns_id, name) VALUES (1, 'ns')")
+    conn.execute(
+        "INSERT INTO replicas (rid, ns_id, replica, next) VALUES (1, 1, 'old-replica', ?)",
+        (counter.next,),
+    )
+    conn.execute("INSERT INTO ctx (rid, lo, hi) VALUES (1, 1, ?)", (counter.next - 1,))
+    conn.execute(
+        "INSERT INTO docs (ns_id, key, live, state) VALUES (1, 'a', 1, ?)", (encode_document(doc),)
+    )
+    conn.execute(
+        "INSERT INTO docs (ns_id, key, live, state) VALUES (1, 'b', 0, ?)", (encode_document(gone),)
+    )
+    conn.close()
+    with Store(db) as s:
+        assert s.get("ns", "a").value == {"title": "from v1"}
+        assert s.list_keys("ns") == ["a"]
+        assert sorted(lacking(s, "ns", CausalContext())) == ["a", "b"]
+        s.apply_local("ns", "c", Put({}))
+        s.trust("DEV")
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    conn.close()
+    assert check_database(db) == []
+
+
+# -- lazy loading ---------------------------------------------------------------------------------
+
+
+def test_100k_documents_open_and_one_get_loads_one(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db, synchronous="normal") as s, s.batch():
+        for i in range(100_000):
+            s.apply_local("big", f"doc{i:06d}", Put({"i": i}))
+    decoded: list[int] = []
+    real = replica_core.decode_document  # type: ignore[attr-defined]
+
+    def counting(data: bytes) -> Document:
+        decoded.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(replica_core, "decode_document", counting)
+    with Store(db) as s:
+        assert s.get("big", "doc054321").value == {"i": 54321}
+        assert len(decoded) == 1
+        assert s.list_keys("big", "doc09999") == [f"doc09999{i}" for i in range(10)]
+        assert len(decoded) == 1
+
+
+def test_cache_is_bounded(db: Path) -> None:
+    with Store(db, cache_items=50) as s:
+        for i in range(500):
+            s.apply_local("ns", f"k{i}", Put({"i": i}))
+        assert len(s._cache) <= 50
+        assert [s.get("ns", f"k{i}").value for i in range(0, 500, 97)] == [
+            {"i": i} for i in range(0, 500, 97)
+        ]
