@@ -1,0 +1,128 @@
+"""How the CLI shows daemon results: human-readable text, or the raw result with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from typing import Any
+
+
+def print_json(obj: Any) -> None:
+    """One line of JSON on stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    head = "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()
+    return "\n".join([head, *lines])
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "never"
+    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def _status(r: dict[str, Any]) -> str:
+    ns = r.get("namespaces") or []
+    return "\n".join(
+        [
+            f"device ID:   {r['device_id']}",
+            f"name:        {r['name']}",
+            f"version:     {r['version']}",
+            f"listen:      {r['listen']}",
+            f"peers:       {r['peers_connected']} connected",
+            f"namespaces:  {', '.join(ns) if ns else '(none)'}",
+        ]
+    )
+
+
+def _peers(r: dict[str, Any]) -> str:
+    out = []
+    peers = r.get("peers") or []
+    if peers:
+        rows = [
+            [
+                p["id"],
+                p.get("name") or "-",
+                "yes" if p.get("trusted") else "no",
+                "yes" if p.get("connected") else "no",
+                ",".join(p.get("addresses") or []) or "dynamic",
+                _when(p.get("last_seen")),
+            ]
+            for p in peers
+        ]
+        out.append(_table(rows, ["ID", "NAME", "TRUSTED", "CONNECTED", "ADDRESSES", "LAST SEEN"]))
+    else:
+        out.append("no known devices (add one with `syncd trust ID`)")
+    pending = r.get("pending") or []
+    if pending:
+        out.append("")
+        out.append("pending (not trusted):")
+        for p in pending:
+            out.append(
+                f"  {p.get('id')}  {p.get('name') or '-'}  {p.get('address') or ''}".rstrip()
+            )
+    return "\n".join(out)
+
+
+def _namespaces(r: dict[str, Any]) -> str:
+    items = r.get("namespaces") or []
+    if not items:
+        return "no namespaces"
+    rows = [[n["ns"], str(n["documents"]), ", ".join(n["devices"]) or "-"] for n in items]
+    return _table(rows, ["NAMESPACE", "DOCUMENTS", "SHARED WITH"])
+
+
+def show(args: argparse.Namespace, result: Any) -> int:
+    """Print ``result`` of ``args.command``; return the exit status."""
+    cmd = args.command
+    if cmd == "get" and isinstance(result, dict) and not result.get("exists"):
+        if args.json:
+            print_json(result)
+        sys.stderr.write(f"syncd: no document {args.key!r} in namespace {args.ns!r}\n")
+        return 1
+    if cmd == "sync" and isinstance(result, dict) and result.get("pending"):
+        if args.json:
+            print_json(result)
+        sys.stderr.write(f"syncd: timed out; not acknowledged by: {', '.join(result['pending'])}\n")
+        return 1
+    if args.json:
+        print_json(result)
+        return 0
+    text = _human(cmd, args, result)
+    if text:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def _human(cmd: str, args: argparse.Namespace, r: Any) -> str:
+    if cmd == "status":
+        return _status(r)
+    if cmd == "peers":
+        return _peers(r)
+    if cmd == "ns":
+        return _namespaces(r)
+    if cmd == "get":
+        text = json.dumps(r["value"], indent=2, ensure_ascii=False, sort_keys=True)
+        if r.get("conflicts"):
+            text += "\nconflicts:\n" + "\n".join(
+                f"  {'/'.join(map(str, c['path']))}: "
+                + " | ".join(json.dumps(v, ensure_ascii=False) for v in c["values"])
+                for c in r["conflicts"]
+            )
+        return text
+    if cmd == "ls":
+        return "\n".join(r["keys"])
+    if cmd == "sync":
+        acked = r.get("acked_by") or []
+        if not acked:
+            return f"no connected device shares {args.ns!r}; nothing to wait for"
+        return f"acknowledged by {len(acked)} device(s): {', '.join(acked)}"
+    if cmd == "del" and not r.get("existed"):
+        sys.stderr.write(f"syncd: {args.key!r} did not exist in {args.ns!r}\n")
+    return ""

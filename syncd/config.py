@@ -1,0 +1,233 @@
+"""The configuration file (``config.toml``): keys, defaults, validation, and the initial file.
+
+Every key is declared once in :data:`KEYS` with its default and a validator; an unknown key or
+a bad value raises :class:`ConfigError` naming the key and the file. docs/config.md describes
+the same keys for users.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncd.errors import SyncdError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MiB = 1024 * 1024
+
+
+class ConfigError(SyncdError):
+    """The configuration file or a configuration value is invalid."""
+
+    reason = "bad_config"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) into (host, port)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError("expected HOST:PORT")
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError("an IPv6 address must be written in brackets: [ADDR]:PORT")
+    if not host:
+        raise ValueError("missing host (use 0.0.0.0 or [::] for all addresses)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    if len(value) > 256 or any(ord(c) < 32 for c in value):
+        raise ValueError("expected at most 256 printable characters")
+    return value
+
+
+def _listen(value: Any) -> str:
+    parse_listen(value)
+    return str(value)
+
+
+def _level(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: dotted name, default, validator, one-line description."""
+
+    name: str
+    default: Any
+    check: Callable[[Any], Any]
+    doc: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("name", None, _str, "this device's name shown to peers (default: the host name)"),
+    Key("listen", "0.0.0.0:7400", _listen, "HOST:PORT for peer connections"),
+    Key("log_level", "info", _level, "debug, info, warning or error (`--log-level` wins)"),
+    Key(
+        "api.max_line_bytes",
+        16 * MiB,
+        _int_range(1024, 1024 * MiB),
+        "longest accepted JSON-RPC line; longer ones get error -32600 (too_large)",
+    ),
+    Key(
+        "api.max_connections",
+        256,
+        _int_range(1, 65536),
+        "concurrent local API connections; more are refused",
+    ),
+    Key(
+        "api.max_in_flight",
+        64,
+        _int_range(1, 4096),
+        "requests one connection may have in flight before the daemon stops reading it",
+    ),
+    Key(
+        "api.watch_queue",
+        1024,
+        _int_range(1, 1_000_000),
+        "changes queued per watch subscription before it overflows",
+    ),
+    Key(
+        "api.shutdown_grace_s",
+        10,
+        _int_range(0, 3600),
+        "seconds in-flight requests may take to finish on SIGTERM",
+    ),
+)
+_BY_NAME = {k.name: k for k in KEYS}
+_SECTIONS = {k.name.split(".")[0] for k in KEYS if "." in k.name}
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: limits of the local JSON-RPC server."""
+
+    max_line_bytes: int = 16 * MiB
+    max_connections: int = 256
+    max_in_flight: int = 64
+    watch_queue: int = 1024
+    shutdown_grace_s: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration of one instance."""
+
+    name: str
+    listen: str = "0.0.0.0:7400"
+    log_level: str = "info"
+    api: ApiConfig = field(default_factory=ApiConfig)
+    source: Path | None = None
+
+
+def default_name() -> str:
+    """The default device name: the host name."""
+    return socket.gethostname() or "syncd"
+
+
+def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: `{key}` must be a table ([{key}])")
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def config_from_mapping(data: Mapping[str, Any], where: str = "<config>") -> Config:
+    """Validate parsed TOML; raise :class:`ConfigError` naming the key and ``where``."""
+    values: dict[str, Any] = {}
+    for name, value in _flatten(data, where).items():
+        key = _BY_NAME.get(name)
+        if key is None:
+            known = ", ".join(k.name for k in KEYS)
+            raise ConfigError(f"{where}: unknown key `{name}` (known keys: {known})")
+        try:
+            values[name] = key.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: bad value for `{name}`: {exc} (got {value!r})") from None
+    api = ApiConfig(
+        **{
+            k.name.split(".", 1)[1]: values.get(k.name, k.default)
+            for k in KEYS
+            if k.name.startswith("api.")
+        }
+    )
+    return Config(
+        name=values.get("name") or default_name(),
+        listen=values.get("listen", _BY_NAME["listen"].default),
+        log_level=values.get("log_level", _BY_NAME["log_level"].default),
+        api=api,
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``; a missing file means all defaults."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return Config(name=default_name(), source=None)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    config = config_from_mapping(data, str(path))
+    return Config(
+        name=config.name,
+        listen=config.listen,
+        log_level=config.log_level,
+        api=config.api,
+        source=path,
+    )
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def initial_config_text(name: str, listen: str) -> str:
+    """The config.toml that ``syncd init`` writes: the given keys, the rest commented out."""
+    lines = [
+        "# syncd configuration; every key is described in docs/config.md.",
+        f"name = {_toml_string(name)}",
+        f"listen = {_toml_string(listen)}",
+        '# log_level = "info"',
+        "",
+        "[api]",
+    ]
+    for key in KEYS:
+        if key.name.startswith("api."):
+            lines.append(f"# {key.name.split('.', 1)[1]} = {key.default!r}   # {key.doc}")
+    return "\n".join(lines) + "\n"

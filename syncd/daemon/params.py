@@ -1,0 +1,157 @@
+"""Checking JSON-RPC params: every bad parameter is a -32602 error that names it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncd.config import parse_listen
+from syncd.daemon.rpc import RpcError, invalid_params
+from syncd.identity import InvalidDeviceId, parse_device_id
+
+MAX_NAME_BYTES = 1024  # UTF-8 bytes in a namespace name or key
+
+
+class Params:
+    """A request's params with typed accessors; :meth:`done` rejects unknown members."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self._params = params
+        self._seen: set[str] = set()
+
+    def _get(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._params.get(name)
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is present (and not null)."""
+        return self._params.get(name) is not None
+
+    def done(self) -> None:
+        """Raise if the request carried params that the method does not take."""
+        extra = sorted(set(self._params) - self._seen)
+        if extra:
+            raise invalid_params(f"unknown param(s): {', '.join(extra)}", param=extra[0])
+
+    def name(self, name: str, *, allow_empty: bool = False) -> str:
+        """A namespace or key: a non-empty string of valid Unicode, no NUL, <= 1024 UTF-8 bytes."""
+        value = self._get(name)
+        if not isinstance(value, str):
+            raise invalid_params(f"param {name!r} must be a string", param=name)
+        if not value and not allow_empty:
+            raise invalid_params(f"param {name!r} must not be empty", param=name)
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise invalid_params(f"param {name!r} is not valid Unicode", param=name) from None
+        if size > MAX_NAME_BYTES:
+            raise invalid_params(
+                f"param {name!r} is longer than {MAX_NAME_BYTES} bytes", param=name
+            )
+        if "\x00" in value:
+            raise invalid_params(f"param {name!r} contains a NUL character", param=name)
+        return value
+
+    def opt_name(self, name: str) -> str:
+        """An optional prefix-like name ("" when absent)."""
+        if self._get(name) is None:
+            return ""
+        return self.name(name, allow_empty=True)
+
+    def opt_bool(self, name: str) -> bool:
+        """An optional boolean (false when absent)."""
+        value = self._get(name)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise invalid_params(f"param {name!r} must be true or false", param=name)
+        return value
+
+    def opt_number(self, name: str, default: float, lo: float, hi: float) -> float:
+        """An optional number within [lo, hi]."""
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise invalid_params(f"param {name!r} must be a number from {lo} to {hi}", param=name)
+        return float(value)
+
+    def opt_int(self, name: str) -> int | None:
+        """An optional integer."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid_params(f"param {name!r} must be an integer", param=name)
+        return value
+
+    def object(self, name: str) -> dict[str, Any]:
+        """A JSON object."""
+        value = self._get(name)
+        if not isinstance(value, dict):
+            raise invalid_params(f"param {name!r} must be a JSON object", param=name)
+        return value
+
+    def array(self, name: str) -> list[Any]:
+        """A JSON array."""
+        value = self._get(name)
+        if not isinstance(value, list):
+            raise invalid_params(f"param {name!r} must be an array", param=name)
+        return value
+
+    def opt_text(self, name: str) -> str | None:
+        """An optional short printable string (a device name)."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip() or len(value) > 256:
+            raise invalid_params(f"param {name!r} must be a non-empty string", param=name)
+        return value
+
+    def device_id(self, name: str) -> str:
+        """A device ID, checked with its check characters; returns the canonical form."""
+        value = self._get(name)
+        if not isinstance(value, str):
+            raise invalid_params(f"param {name!r} must be a device ID string", param=name)
+        return _device(value, name)
+
+    def device_ids(self, name: str) -> list[str]:
+        """A non-empty array of device IDs (canonical, duplicates removed, order kept)."""
+        values = self.array(name)
+        if not values:
+            raise invalid_params(f"param {name!r} must list at least one device", param=name)
+        out: list[str] = []
+        for value in values:
+            if not isinstance(value, str):
+                raise invalid_params(f"param {name!r} must hold device ID strings", param=name)
+            canonical = _device(value, name)
+            if canonical not in out:
+                out.append(canonical)
+        return out
+
+    def addresses(self, name: str) -> list[str]:
+        """An optional array of ``HOST:PORT`` strings."""
+        value = self._get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > 64:
+            raise invalid_params(f"param {name!r} must be an array of HOST:PORT", param=name)
+        out = []
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise ValueError("not a string")
+                parse_listen(item)
+            except ValueError as exc:
+                raise invalid_params(
+                    f"param {name!r}: bad address {item!r}: {exc}", param=name
+                ) from None
+            out.append(item)
+        return out
+
+
+def _device(value: str, name: str) -> str:
+    try:
+        return parse_device_id(value)
+    except InvalidDeviceId as exc:
+        err: RpcError = invalid_params(str(exc), reason="invalid_device_id", param=name)
+        raise err from None

@@ -1,0 +1,99 @@
+"""The daemon's store: the SQLite replica (:mod:`syncd.replica`) as a daemon ``Store``.
+
+A thin mapping: the replica's ``Snapshot``/``Change``/``Device``/``NamespaceInfo`` become the
+daemon's ``DocumentView``/``Change``/``DeviceRecord``/``NamespaceInfo``. Writes are
+acknowledged by the replica only after their group commit (``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from syncd.daemon.store import (
+    Change,
+    ChangeListener,
+    DeviceRecord,
+    DocumentView,
+    JSONObject,
+    NamespaceInfo,
+    Store,
+)
+from syncd.identity import Identity
+from syncd.paths import Paths
+from syncd.replica import AsyncReplica, open_replica
+from syncd.replica import Change as ReplicaChange
+
+
+class ReplicaStore:
+    """Adapts :class:`syncd.replica.AsyncReplica` to :class:`syncd.daemon.store.Store`."""
+
+    def __init__(self, replica: AsyncReplica) -> None:
+        self.replica = replica
+
+    async def get(self, ns: str, key: str, *, conflicts: bool = False) -> DocumentView:
+        """The document."""
+        snap = await self.replica.get(ns, key, conflicts=conflicts)
+        return DocumentView(snap.exists, snap.value, list(snap.conflicts or []))
+
+    async def put(self, ns: str, key: str, value: JSONObject) -> None:
+        """Put; durable on return."""
+        await self.replica.put(ns, key, value)
+
+    async def patch(self, ns: str, key: str, ops: list[Any]) -> None:
+        """Patch; durable on return."""
+        await self.replica.patch(ns, key, ops)
+
+    async def delete(self, ns: str, key: str) -> bool:
+        """Delete; durable on return; whether it existed."""
+        return (await self.replica.delete(ns, key)).existed
+
+    async def list_keys(self, ns: str, prefix: str = "") -> list[str]:
+        """Sorted keys."""
+        return await self.replica.list_keys(ns, prefix)
+
+    async def namespaces(self) -> list[NamespaceInfo]:
+        """Namespaces with devices and document counts."""
+        return [
+            NamespaceInfo(n.name, tuple(n.devices), n.documents)
+            for n in await self.replica.namespaces()
+        ]
+
+    async def devices(self) -> list[DeviceRecord]:
+        """Trusted devices."""
+        return [
+            DeviceRecord(d.device_id, d.name, tuple(d.addresses), d.last_seen)
+            for d in await self.replica.devices()
+        ]
+
+    async def trust(self, device_id: str, name: str | None, addresses: Sequence[str]) -> None:
+        """Trust a device."""
+        await self.replica.trust(device_id, name, addresses)
+
+    async def untrust(self, device_id: str) -> bool:
+        """Forget a device."""
+        return await self.replica.untrust(device_id)
+
+    async def share(self, ns: str, devices: Sequence[str]) -> None:
+        """Share a namespace."""
+        await self.replica.share(ns, devices)
+
+    async def unshare(self, ns: str, devices: Sequence[str]) -> None:
+        """Unshare a namespace."""
+        await self.replica.unshare(ns, devices)
+
+    def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
+        """Forward the replica's committed changes."""
+
+        def forward(change: ReplicaChange) -> None:
+            listener(Change(change.ns, change.key, change.value, change.deleted, change.origin))
+
+        return self.replica.add_change_listener(forward)
+
+
+@asynccontextmanager
+async def open_store(paths: Paths, identity: Identity) -> AsyncIterator[Store]:
+    """Open the instance's SQLite replica for the daemon's lifetime."""
+    async with open_replica(paths.database) as replica:
+        yield ReplicaStore(replica)

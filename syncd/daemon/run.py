@@ -1,0 +1,252 @@
+"""``syncd run``: one trio nursery holding the replica, the local API, and (later) the network.
+
+Start-up order: signals are caught first (so an early SIGTERM is a clean exit), then the
+single-instance lock, identity (created on an empty home), config, store, socket. READY=1 is
+sent only after the daemon has answered a ``status`` request on its own socket. SIGTERM/SIGINT
+stop accepting, let requests in flight finish, close the store, remove the socket, exit 0.
+SIGHUP reloads config.toml (a bad file is logged and the old config kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import trio
+
+from syncd import __version__
+from syncd.config import (
+    ApiConfig,
+    Config,
+    ConfigError,
+    default_name,
+    initial_config_text,
+    load_config,
+)
+from syncd.daemon.logs import set_level
+from syncd.daemon.methods import Service
+from syncd.daemon.notify import Notifier
+from syncd.daemon.server import ApiServer
+from syncd.daemon.store import NoNetwork, Store
+from syncd.daemon.unixsock import bind_unix, short_address
+from syncd.daemon.watch import WatchHub
+from syncd.errors import SyncdError
+from syncd.identity import Identity, ensure_private_dir, load_or_create_identity
+from syncd.paths import Paths
+
+log = logging.getLogger("syncd.daemon")
+
+StoreFactory = Callable[[Paths, Identity], AbstractAsyncContextManager[Store]]
+
+
+class DaemonError(SyncdError):
+    """The daemon cannot start (another instance, unusable directories, ...)."""
+
+    reason = "daemon"
+
+
+class InstanceLock:
+    """``flock`` on the state directory's lock file: one daemon per home."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`DaemonError` naming the lock file."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError(
+                f"another syncd is already running with this home (lock {self.path} is held)",
+                reason="already_running",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Settings:
+    """The current configuration; SIGHUP swaps it."""
+
+    def __init__(self, config: Config, log_level_override: str | None) -> None:
+        self.config = config
+        self.log_level_override = log_level_override
+
+    @property
+    def log_level(self) -> str:
+        """The effective log level (``--log-level`` wins over the file)."""
+        return self.log_level_override or self.config.log_level
+
+    def api(self) -> ApiConfig:
+        """Limits for new connections."""
+        return self.config.api
+
+
+def prepare_home(paths: Paths) -> tuple[Identity, bool]:
+    """Create the directories (0700) and the identity if missing; write an initial config.
+
+    Returns (identity, created). Used by ``syncd init`` and by ``syncd run`` on an empty home.
+    """
+    try:
+        ensure_private_dir(paths.state_dir)
+        identity, created = load_or_create_identity(paths.state_dir)
+    except PermissionError as exc:
+        raise DaemonError(f"cannot use {exc.filename}: permission denied") from None
+    return identity, created
+
+
+def write_initial_config(paths: Paths, name: str, listen: str) -> bool:
+    """Write config.toml unless it exists; returns whether it was written."""
+    if paths.config_file.exists():
+        return False
+    ensure_private_dir(paths.config_dir)
+    tmp = paths.config_file.with_name(paths.config_file.name + ".tmp")
+    tmp.write_text(initial_config_text(name, listen), encoding="utf-8")
+    os.replace(tmp, paths.config_file)
+    return True
+
+
+async def probe_socket(path: Path) -> dict[str, object]:
+    """Ask the daemon at ``path`` for its status (used before READY=1)."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with sock:
+        with short_address(path) as addr:
+            await sock.connect(addr)
+        await sock.send(b'{"jsonrpc":"2.0","id":0,"method":"status"}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = await sock.recv(65536)
+            if not chunk:
+                raise DaemonError("the API socket closed during the start-up probe")
+            buf += chunk
+    reply = json.loads(buf)
+    if not isinstance(reply, dict) or "result" not in reply:
+        raise DaemonError(f"the API socket answered the start-up probe with {reply!r}")
+    result = reply["result"]
+    assert isinstance(result, dict)
+    return result
+
+
+def _summary(identity: Identity, server: ApiServer, state: str = "ready") -> str:
+    return (
+        f"{state}; device {identity.device_id[:7]}; "
+        f"{len(server.connections)} API connection(s); 0 peers connected"
+    )
+
+
+async def run_daemon(
+    paths: Paths,
+    *,
+    store_factory: StoreFactory,
+    log_level: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+    notifier = Notifier(env)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        lock = InstanceLock(paths.lock_file)
+        try:
+            try:
+                ensure_private_dir(paths.state_dir)
+            except OSError as exc:
+                raise DaemonError(f"cannot create {paths.state_dir}: {exc.strerror}") from None
+            lock.acquire()
+            identity, created = prepare_home(paths)
+            if created:
+                log.info("created identity %s in %s", identity.device_id, paths.state_dir)
+                try:
+                    write_initial_config(paths, default_name(), "0.0.0.0:7400")
+                except OSError as exc:
+                    log.info("not writing %s (%s); using defaults", paths.config_file, exc)
+            config = load_config(paths.config_file)
+            settings = Settings(config, log_level)
+            set_level(settings.log_level)
+            return await _serve(paths, identity, settings, store_factory, notifier, signals)
+        finally:
+            lock.release()
+            notifier.close()
+
+
+async def _serve(
+    paths: Paths,
+    identity: Identity,
+    settings: Settings,
+    store_factory: StoreFactory,
+    notifier: Notifier,
+    signals: AsyncIterator[int],
+) -> int:
+    ensure_private_dir(paths.runtime_dir)
+    async with store_factory(paths, identity) as store:
+        hub = WatchHub()
+        remove_listener = store.add_change_listener(hub.publish)
+        service = Service(
+            store,
+            NoNetwork(),
+            identity.device_id,
+            name=lambda: settings.config.name,
+            listen=lambda: settings.config.listen,
+        )
+        server = ApiServer(service, hub, settings.api)
+        try:
+            sock = bind_unix(paths.socket)
+        except OSError as exc:
+            raise DaemonError(f"cannot create the API socket {paths.socket}: {exc}") from None
+        bound = paths.socket.stat().st_ino
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, trio.socket.from_stdlib_socket(sock))
+                await probe_socket(paths.socket)
+                log.info(
+                    "syncd %s ready: device %s, socket %s",
+                    __version__,
+                    identity.device_id,
+                    paths.socket,
+                )
+                notifier.ready(_summary(identity, server))
+                nursery.start_soon(notifier.watchdog)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        _reload(paths, settings)
+                        notifier.status(_summary(identity, server))
+                        continue
+                    log.info("%s received; stopping", signal.Signals(signum).name)
+                    break
+                notifier.stopping()
+                await server.shutdown(settings.config.api.shutdown_grace_s)
+                nursery.cancel_scope.cancel()
+        finally:
+            remove_listener()
+            with contextlib.suppress(OSError):
+                if paths.socket.stat().st_ino == bound:
+                    paths.socket.unlink()
+    log.info("stopped")
+    return 0
+
+
+def _reload(paths: Paths, settings: Settings) -> None:
+    try:
+        config = load_config(paths.config_file)
+    except ConfigError as exc:
+        log.error("config not reloaded, keeping the old one: %s", exc)
+        return
+    if config.listen != settings.config.listen:
+        log.warning("listen address changes take effect after a restart")
+    settings.config = config
+    set_level(settings.log_level)
+    log.info("config reloaded from %s", paths.config_file)

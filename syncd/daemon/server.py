@@ -1,0 +1,361 @@
+"""The local API server: JSON-RPC 2.0 lines over the Unix socket.
+
+Per connection: one reader splits lines (bounded, see :class:`LineSplitter`) and starts a
+task per request, up to ``max_in_flight`` at once (then it stops reading, so a client that
+pipelines without reading responses is slowed, not buffered); one writer sends responses and
+notifications in order of completion, coalescing what is ready into one write. Responses carry
+the request's ``id``; they may overtake each other. Watch subscriptions are pumped by one task
+each from their bounded queue (see :mod:`syncd.daemon.watch`).
+
+Shutdown (:meth:`ApiServer.shutdown`): stop accepting, stop reading every connection, let the
+requests in flight finish (writes are shielded, so an accepted write always commits) within a
+grace period, flush their responses, close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from syncd.config import ApiConfig
+from syncd.daemon.methods import Service
+from syncd.daemon.rpc import (
+    APPLICATION_ERROR,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    Invalid,
+    LineSplitter,
+    RpcError,
+    encode,
+    encode_notification,
+    error_object,
+    parse_message,
+    result_object,
+)
+from syncd.daemon.store import Change, Store
+from syncd.daemon.watch import Subscription, WatchHub
+
+log = logging.getLogger("syncd.api")
+
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 64
+RECEIVE_CHUNK = 256 * 1024
+
+# Subscriptions started by the request being handled in this task: their pumps may send only
+# after the response carrying their id has been queued.
+_announcements: contextvars.ContextVar[list[trio.Event]] = contextvars.ContextVar("announcements")
+
+
+def _refusal(message: str, reason: str) -> bytes:
+    return encode(error_object(None, RpcError(APPLICATION_ERROR, message, reason=reason)))
+
+
+def _change_params(sub: Subscription, change: Change, initial: bool = False) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "subscription": sub.id,
+        "ns": change.ns,
+        "key": change.key,
+        "value": change.value,
+        "deleted": change.deleted,
+        "origin": change.origin,
+    }
+    if initial:
+        params["initial"] = True
+    return params
+
+
+class Connection:
+    """One client connection; it is the :class:`Session` its requests run in."""
+
+    def __init__(self, server: ApiServer, stream: trio.SocketStream, limits: ApiConfig) -> None:
+        self.server = server
+        self.stream = stream
+        self.limits = limits
+        self.subs: dict[int, Subscription] = {}
+        self._read_scope = trio.CancelScope()
+        self._pump_scopes: set[trio.CancelScope] = set()
+        self._subs_stopped = False
+        self._in_flight = trio.Semaphore(limits.max_in_flight)
+        self._send: trio.MemorySendChannel[bytes] | None = None
+        self._work: trio.Nursery | None = None
+
+    def stop(self) -> None:
+        """Stop reading requests and end subscriptions; requests in flight still finish."""
+        self._read_scope.cancel()
+        self._stop_subscriptions()
+
+    def _stop_subscriptions(self) -> None:
+        self._subs_stopped = True
+        for scope in self._pump_scopes:
+            scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the connection until EOF, an I/O error, or :meth:`stop`."""
+        send, recv = trio.open_memory_channel[bytes](32)
+        try:
+            async with trio.open_nursery() as conn:
+                conn.start_soon(self._writer, recv, conn.cancel_scope)
+                async with send:
+                    self._send = send
+                    async with trio.open_nursery() as work:
+                        self._work = work
+                        with self._read_scope:
+                            await self._read_loop(work)
+                        # EOF or stop: subscriptions end; requests in flight finish.
+                        self._stop_subscriptions()
+        finally:
+            for sub in list(self.subs.values()):
+                self.server.hub.unsubscribe(sub)
+            self.subs.clear()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _read_loop(self, work: trio.Nursery) -> None:
+        splitter = LineSplitter(self.limits.max_line_bytes)
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            for line in splitter.feed(data):
+                await self._in_flight.acquire()
+                if line is None:
+                    work.start_soon(self._too_long)
+                else:
+                    work.start_soon(self._handle_line, line)
+
+    async def _too_long(self) -> None:
+        try:
+            err = RpcError(
+                INVALID_REQUEST,
+                f"request line longer than {self.limits.max_line_bytes} bytes; discarded",
+                reason="too_large",
+                limit=self.limits.max_line_bytes,
+            )
+            await self._emit(encode(error_object(None, err)))
+        finally:
+            self._in_flight.release()
+
+    async def _emit(self, data: bytes) -> None:
+        assert self._send is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._send.send(data)
+
+    async def _handle_line(self, line: bytes) -> None:
+        announcements: list[trio.Event] = []
+        _announcements.set(announcements)
+        try:
+            messages, is_batch = parse_message(line)
+            responses: list[dict[str, Any]] = []
+            for msg in messages:
+                if isinstance(msg, Invalid):
+                    responses.append(error_object(msg.id, msg.error))
+                    continue
+                try:
+                    result = await self.server.service.call(self, msg.method, msg.params)
+                    response = result_object(msg.id, result)
+                except RpcError as exc:
+                    response = error_object(msg.id, exc)
+                if not msg.is_notification:
+                    responses.append(response)
+            if responses:
+                try:
+                    data = encode(responses if is_batch else responses[0])
+                except (TypeError, ValueError) as exc:
+                    log.exception("cannot encode a response")
+                    err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
+                    data = encode(error_object(None, err))
+                await self._emit(data)
+        finally:
+            for event in announcements:
+                event.set()
+            self._in_flight.release()
+
+    async def _writer(
+        self, recv: trio.MemoryReceiveChannel[bytes], conn_scope: trio.CancelScope
+    ) -> None:
+        try:
+            async with recv:
+                async for first in recv:
+                    chunks = [first]
+                    size = len(first)
+                    while size < RECEIVE_CHUNK:
+                        try:
+                            more = recv.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        chunks.append(more)
+                        size += len(more)
+                    await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn_scope.cancel()
+
+    # --- Session -------------------------------------------------------------------------
+
+    async def watch(self, ns: str, prefix: str, initial: bool) -> int:
+        """Subscribe this connection to changes of ``ns``/``prefix``."""
+        if len(self.subs) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise RpcError(
+                APPLICATION_ERROR,
+                f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection",
+                reason="too_many_subscriptions",
+            )
+        sub = self.server.hub.subscribe(ns, prefix, self.limits.watch_queue)
+        self.subs[sub.id] = sub
+        announced = trio.Event()
+        _announcements.get().append(announced)
+        assert self._work is not None
+        self._work.start_soon(self._pump, sub, initial, announced)
+        return sub.id
+
+    def unwatch(self, sub_id: int) -> bool:
+        """End one of this connection's subscriptions."""
+        sub = self.subs.pop(sub_id, None)
+        if sub is None:
+            return False
+        self.server.hub.unsubscribe(sub)
+        return True
+
+    async def _pump(self, sub: Subscription, initial: bool, announced: trio.Event) -> None:
+        scope = trio.CancelScope()
+        if self._subs_stopped:
+            scope.cancel()
+        self._pump_scopes.add(scope)
+        try:
+            with scope:
+                await announced.wait()  # the {subscription} response goes out first
+                snapshot: dict[str, int] = {}
+                if initial:
+                    await self._send_snapshot(sub, snapshot)
+                while True:
+                    await sub.wait()
+                    if sub.closed:
+                        return
+                    if sub.overflowed:
+                        self.unwatch(sub.id)
+                        log.info("watch subscription %d overflowed; ended", sub.id)
+                        await self._emit(encode_notification("overflow", {"subscription": sub.id}))
+                        return
+                    for seq, change in sub.drain():
+                        if snapshot and snapshot.get(change.key, 0) >= seq:
+                            continue  # older than what the snapshot already sent
+                        await self._emit(encode_notification("change", _change_params(sub, change)))
+        finally:
+            self._pump_scopes.discard(scope)
+
+    async def _send_snapshot(self, sub: Subscription, snapshot: dict[str, int]) -> None:
+        store: Store = self.server.service.store
+        for key in await store.list_keys(sub.ns, sub.prefix):
+            if sub.closed or sub.overflowed:
+                return
+            snapshot[key] = self.server.hub.seq
+            doc = await store.get(sub.ns, key)
+            if doc.exists:
+                change = Change(sub.ns, key, doc.value, False, "local")
+                await self._emit(encode_notification("change", _change_params(sub, change, True)))
+
+
+class ApiServer:
+    """Accepts connections on a listening Unix socket and serves each one."""
+
+    def __init__(self, service: Service, hub: WatchHub, limits: Callable[[], ApiConfig]) -> None:
+        self.service = service
+        self.hub = hub
+        self.limits = limits
+        self.connections: set[Connection] = set()
+        self._accept_scope = trio.CancelScope()
+        self._conn_nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+        self._stopping = False
+        self._uid = os.getuid()
+
+    async def serve(
+        self, sock: trio.socket.SocketType, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Accept and serve until :meth:`shutdown`; closes ``sock`` when accepting stops."""
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._conn_nursery = nursery
+                task_status.started()
+                with self._accept_scope:
+                    async with listener:
+                        while True:
+                            stream = await listener.accept()
+                            nursery.start_soon(self._serve_one, stream)
+        finally:
+            self._done.set()
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        try:
+            creds = stream.socket.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+            pid, uid, _gid = struct.unpack("3i", creds)
+        except OSError:
+            await stream.aclose()
+            return
+        limits = self.limits()
+        refusal = None
+        if uid != self._uid:
+            log.warning("refused API connection from uid %d (pid %d)", uid, pid)
+            refusal = _refusal(
+                f"connection refused: uid {uid} is not the daemon's uid {self._uid}",
+                "permission_denied",
+            )
+        elif len(self.connections) >= limits.max_connections:
+            log.warning("refused API connection: %d connections open", len(self.connections))
+            refusal = _refusal(
+                f"too many connections (limit {limits.max_connections})", "too_many_connections"
+            )
+        if refusal is not None:
+            await self._refuse(stream, refusal)
+            return
+        if self._stopping:
+            await stream.aclose()
+            return
+        conn = Connection(self, stream, limits)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    async def _refuse(self, stream: trio.SocketStream, refusal: bytes) -> None:
+        """Send one error line, then close without resetting: the client gets to read it."""
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.send_all(refusal)
+            await stream.send_eof()
+            drained = 0
+            while drained < (1 << 20):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                drained += len(data)
+        await stream.aclose()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close all."""
+        self._stopping = True
+        self._accept_scope.cancel()
+        for conn in list(self.connections):
+            conn.stop()
+        with trio.move_on_after(grace_s):
+            await self._done.wait()
+        if not self._done.is_set():
+            log.warning("requests still running after %.0f s; cancelling them", grace_s)
+            if self._conn_nursery is not None:
+                self._conn_nursery.cancel_scope.cancel()
+            await self._done.wait()

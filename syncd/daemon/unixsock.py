@@ -1,0 +1,76 @@
+"""Unix socket plumbing shared by the server and the clients.
+
+``sockaddr_un`` holds at most 107 bytes of path. Deep homes (e.g. pytest's temporary
+directories) exceed that, so a long path is reached through ``/proc/self/fd/N/NAME`` with an
+open descriptor of its directory; both ``bind`` and ``connect`` resolve it like a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+MAX_SUN_PATH = 107
+
+
+@contextlib.contextmanager
+def short_address(path: Path) -> Iterator[str]:
+    """A path usable as an AF_UNIX address for ``path`` while the context is open."""
+    text = os.fsdecode(path)
+    if len(os.fsencode(text)) <= MAX_SUN_PATH:
+        yield text
+        return
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{path.name}"
+    finally:
+        os.close(dirfd)
+
+
+def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
+    """A listening AF_UNIX stream socket at ``path`` with mode 0600.
+
+    The caller holds the instance lock, so an existing file there is a stale socket and is
+    removed. The umask is set around ``bind`` (before the daemon starts threads).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            with short_address(path) as addr:
+                sock.bind(addr)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
+    """A blocking AF_UNIX stream socket connected to ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        with short_address(path) as addr:
+            sock.connect(addr)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)

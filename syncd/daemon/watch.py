@@ -1,0 +1,100 @@
+"""Watch subscriptions: fan committed changes out to clients without ever blocking a writer.
+
+The store calls :meth:`WatchHub.publish` (synchronously, in the trio thread) after each commit.
+Publishing appends the change to every matching subscription's bounded queue and returns; a
+subscription whose queue is full is marked *overflowed*, its queue is dropped, and its pump
+sends one ``overflow`` notification and ends. The client may resubscribe with
+``initial: true`` to get the current documents again. So a watcher that never reads costs at
+most ``watch_queue`` queued changes, and writers never wait for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+
+import trio
+
+from syncd.daemon.store import Change
+
+
+class Subscription:
+    """One client's interest in ``ns`` keys starting with ``prefix``, with a bounded queue."""
+
+    def __init__(self, sub_id: int, ns: str, prefix: str, limit: int) -> None:
+        self.id = sub_id
+        self.ns = ns
+        self.prefix = prefix
+        self.limit = limit
+        self.queue: deque[tuple[int, Change]] = deque()
+        self.overflowed = False
+        self.closed = False
+        self._wakeup = trio.Event()
+
+    def matches(self, change: Change) -> bool:
+        """Whether the change is for this subscription's namespace and prefix."""
+        return change.ns == self.ns and change.key.startswith(self.prefix)
+
+    def offer(self, seq: int, change: Change) -> None:
+        """Queue a change without blocking; overflow when the queue is full."""
+        if self.closed or self.overflowed:
+            return
+        if len(self.queue) >= self.limit:
+            self.overflowed = True
+            self.queue.clear()
+        else:
+            self.queue.append((seq, change))
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """End the subscription (unwatch or connection gone)."""
+        self.closed = True
+        self.queue.clear()
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Wait until there is something to deliver, an overflow, or a close."""
+        while not (self.queue or self.overflowed or self.closed):
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    def drain(self) -> Iterator[tuple[int, Change]]:
+        """Take every queued change, oldest first."""
+        while self.queue:
+            yield self.queue.popleft()
+
+
+class WatchHub:
+    """Every live subscription of the daemon; :meth:`publish` is the store's change listener."""
+
+    def __init__(self) -> None:
+        self._subs: dict[int, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._seq = 0
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last published change (orders snapshots and changes)."""
+        return self._seq
+
+    def subscribe(self, ns: str, prefix: str, limit: int) -> Subscription:
+        """Register a new subscription."""
+        sub = Subscription(next(self._ids), ns, prefix, limit)
+        self._subs[sub.id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Remove and close a subscription."""
+        self._subs.pop(sub.id, None)
+        sub.close()
+
+    def publish(self, change: Change) -> None:
+        """Queue ``change`` for every matching subscription; never blocks."""
+        self._seq += 1
+        for sub in self._subs.values():
+            if sub.matches(change):
+                sub.offer(self._seq, change)
+
+    def __len__(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,290 @@
+"""Device identity: the device's key, its self-signed certificate, and the device ID.
+
+A device ID is the SHA-256 of the device's public key (its DER ``SubjectPublicKeyInfo``),
+printed the way Syncthing prints its IDs: the 32 bytes in base32 (52 characters, no padding)
+cut into four groups of 13, each followed by a Luhn mod 32 check character, then shown as
+eight groups of seven joined by ``-``::
+
+    MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-NSGYCYL-TMRWGC4
+
+Any single mistyped character changes its group's check character, so :func:`parse_device_id`
+rejects it. Deriving the ID from the public key (not from the certificate) lets a certificate
+be re-issued without changing the device's identity; the certificate's subject CN is the ID.
+
+The private key file is written with mode 0600 in a directory of mode 0700.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from syncd.errors import SyncdError
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+_CHUNK = 13
+_CHUNKS = 4
+ID_CHARS = _CHUNKS * (_CHUNK + 1)  # 56 characters without the dashes
+
+KEY_FILE = "key.pem"
+CERT_FILE = "cert.pem"
+
+
+class InvalidDeviceId(SyncdError):
+    """A string that is not a well-formed device ID (wrong length, bad character, bad check)."""
+
+    reason = "invalid_device_id"
+
+
+class IdentityError(SyncdError):
+    """The identity files are missing, unreadable or unsafe."""
+
+    reason = "identity"
+
+
+def luhn32(chars: str) -> str:
+    """The Luhn mod 32 check character of ``chars`` (Syncthing's variant, factor 1 first).
+
+    Doubling is a permutation of 0..31 (``2c`` folded as ``2c // 32 + 2c % 32``), so changing
+    any one character changes the sum modulo 32 and therefore the check character.
+    """
+    factor = 1
+    total = 0
+    for ch in chars:
+        addend = factor * _VALUE[ch]
+        factor = 1 if factor == 2 else 2
+        total += addend // 32 + addend % 32
+    return ALPHABET[(32 - total % 32) % 32]
+
+
+def device_id_from_public_key(public_key: ed25519.Ed25519PublicKey) -> str:
+    """The device ID of a public key: SHA-256 of its DER SubjectPublicKeyInfo, formatted."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return format_device_id(hashlib.sha256(der).digest())
+
+
+def device_id_from_certificate(cert: x509.Certificate) -> str:
+    """The device ID of whoever holds the certificate's private key."""
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return format_device_id(hashlib.sha256(der).digest())
+
+
+def format_device_id(digest: bytes) -> str:
+    """Format a 32-byte digest as a device ID (groups with check characters)."""
+    if len(digest) != 32:
+        raise ValueError("a device ID is made from 32 bytes")
+    plain = base64.b32encode(digest).decode("ascii").rstrip("=")
+    checked = "".join(
+        chunk + luhn32(chunk)
+        for chunk in (plain[i : i + _CHUNK] for i in range(0, len(plain), _CHUNK))
+    )
+    return "-".join(checked[i : i + 7] for i in range(0, len(checked), 7))
+
+
+def parse_device_id(text: str) -> str:
+    """Validate a device ID typed by a person and return its canonical form.
+
+    Case, dashes and spaces are forgiven; length, alphabet and every check character are
+    verified. Raises :class:`InvalidDeviceId` with a message that says what is wrong.
+    """
+    if not isinstance(text, str):
+        raise InvalidDeviceId("a device ID must be a string")
+    compact = "".join(text.split()).replace("-", "").upper()
+    if len(compact) != ID_CHARS:
+        raise InvalidDeviceId(
+            f"invalid device ID {text!r}: expected {ID_CHARS} characters (8 groups of 7), "
+            f"got {len(compact)}"
+        )
+    bad = sorted({c for c in compact if c not in _VALUE})
+    if bad:
+        raise InvalidDeviceId(
+            f"invalid device ID {text!r}: characters {''.join(bad)!r} are not in the ID "
+            "alphabet (A-Z, 2-7)"
+        )
+    plain = []
+    for n in range(_CHUNKS):
+        chunk = compact[n * (_CHUNK + 1) : n * (_CHUNK + 1) + _CHUNK]
+        check = compact[n * (_CHUNK + 1) + _CHUNK]
+        if luhn32(chunk) != check:
+            raise InvalidDeviceId(
+                f"invalid device ID {text!r}: check character of part {n + 1} does not "
+                "match (a character is mistyped)"
+            )
+        plain.append(chunk)
+    raw = "".join(plain)
+    digest = base64.b32decode(raw + "====")
+    canonical = format_device_id(digest)
+    if canonical.replace("-", "") != compact:
+        raise InvalidDeviceId(f"invalid device ID {text!r}: not in canonical form")
+    return canonical
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This device's key pair, certificate and ID."""
+
+    device_id: str
+    private_key: ed25519.Ed25519PrivateKey
+    certificate: x509.Certificate
+    key_path: Path
+    cert_path: Path
+
+    def certificate_pem(self) -> bytes:
+        """The certificate in PEM form."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def make_certificate(
+    key: ed25519.Ed25519PrivateKey, *, now: datetime.datetime | None = None
+) -> x509.Certificate:
+    """A self-signed certificate for ``key``: subject CN = device ID, critical CA:FALSE."""
+    device_id = device_id_from_public_key(key.public_key())
+    now = now or datetime.datetime.now(datetime.UTC)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "syncd"),
+            x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+        ]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * 30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("syncd")]), critical=False)
+    )
+    return builder.sign(key, algorithm=None)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``, durably (fsync file and directory)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make sure it has mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def identity_exists(state_dir: Path) -> bool:
+    """Whether ``state_dir`` holds a private key."""
+    return (state_dir / KEY_FILE).exists()
+
+
+def create_identity(state_dir: Path) -> Identity:
+    """Create a new key and certificate in ``state_dir`` (which becomes mode 0700)."""
+    ensure_private_dir(state_dir)
+    key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
+    if key_path.exists():
+        raise IdentityError(f"{key_path} already exists; refusing to overwrite an identity")
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = make_certificate(key)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_file(key_path, key_pem, 0o600)
+    return Identity(device_id_from_public_key(key.public_key()), key, cert, key_path, cert_path)
+
+
+def load_identity(state_dir: Path) -> Identity:
+    """Load the identity from ``state_dir``; re-issue the certificate if it is missing.
+
+    Refuses a private key that other users can read (like ssh does).
+    """
+    key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
+    try:
+        st = key_path.stat()
+        key_pem = key_path.read_bytes()
+    except FileNotFoundError:
+        raise IdentityError(
+            f"no identity in {state_dir} (run `syncd init` first)", reason="no_identity"
+        ) from None
+    except OSError as exc:
+        raise IdentityError(f"cannot read {key_path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise IdentityError(
+            f"{key_path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {key_path}"
+        )
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(f"{key_path} is not a valid private key: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise IdentityError(f"{key_path} is not an Ed25519 private key")
+    device_id = device_id_from_public_key(key.public_key())
+    cert: x509.Certificate | None = None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError:
+        cert = None
+    except ValueError as exc:
+        raise IdentityError(f"{cert_path} is not a valid certificate: {exc}") from None
+    if cert is None or device_id_from_certificate(cert) != device_id:
+        cert = make_certificate(key)
+        _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return Identity(device_id, key, cert, key_path, cert_path)
+
+
+def load_or_create_identity(state_dir: Path) -> tuple[Identity, bool]:
+    """Load the identity, creating it first when there is none; returns (identity, created)."""
+    if identity_exists(state_dir):
+        return load_identity(state_dir), False
+    return create_identity(state_dir), True
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, hex (what the transport pins after the handshake)."""
+    return cert.fingerprint(hashes.SHA256()).hex()

@@ -1,0 +1,244 @@
+"""The ``syncd`` command line against a real daemon: every command, output, exit status."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.cli import main
+from syncd.identity import format_device_id
+from tests.daemon_harness import DaemonProcess
+
+OTHER = format_device_id(b"\x07" * 32)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tmp_path_factory.mktemp("cli") / "home")
+    try:
+        d.start()
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+class Run:
+    """Runs the CLI in-process, capturing stdout, stderr and the exit status."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+        self.capsys = capsys
+        self.monkeypatch = monkeypatch
+
+    def __call__(self, *argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        try:
+            status = main(list(argv))
+        except SystemExit as exc:
+            status = int(exc.code or 0)
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    for var in ("SYNCD_HOME", "SYNCD_SOCKET"):
+        monkeypatch.delenv(var, raising=False)
+    return Run(capsys, monkeypatch)
+
+
+def ok(result: tuple[int, str, str]) -> str:
+    status, out, err = result
+    assert status == 0, err
+    return out
+
+
+def fails(result: tuple[int, str, str], status: int, fragment: str) -> None:
+    got, _out, err = result
+    assert got == status, (got, err)
+    assert err.startswith("syncd: ")
+    assert err.count("\n") == 1, err  # one line
+    assert fragment in err, err
+
+
+def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
+    home = str(tmp_path / "h")
+    device_id = ok(run("--home", home, "init", "--name", "lap", "--listen", "127.0.0.1:9"))
+    device_id = device_id.strip()
+    assert (tmp_path / "h" / "key.pem").stat().st_mode & 0o777 == 0o600
+    config = (tmp_path / "h" / "config.toml").read_text()
+    assert 'name = "lap"' in config
+    assert 'listen = "127.0.0.1:9"' in config
+    assert ok(run("--home", home, "id")).strip() == device_id
+    assert json.loads(ok(run("--home", home, "--json", "id"))) == {"device_id": device_id}
+    status, out, err = run("--home", home, "init", "--name", "other")
+    assert status == 0
+    assert out.strip() == device_id
+    assert "already initialized" in err
+    assert "lap" in (tmp_path / "h" / "config.toml").read_text()
+    js = json.loads(ok(run("--home", home, "--json", "init")))
+    assert js == {"device_id": device_id, "created": False}
+
+
+def test_init_rejects_bad_listen(run: Run, tmp_path: Path) -> None:
+    fails(run("--home", str(tmp_path), "init", "--listen", "nohost"), 2, "--listen")
+
+
+def test_id_without_identity(run: Run, tmp_path: Path) -> None:
+    fails(run("--home", str(tmp_path), "id"), 1, "syncd init")
+
+
+def test_no_daemon_names_the_socket(run: Run, tmp_path: Path) -> None:
+    fails(run("--home", str(tmp_path), "status"), 3, str(tmp_path / "syncd.sock"))
+    fails(run("--home", str(tmp_path), "ls", "n"), 3, "no syncd daemon is running")
+
+
+def test_usage_errors_are_one_line_exit_2(run: Run, tmp_path: Path) -> None:
+    home = str(tmp_path)
+    fails(run("--home", home, "frobnicate"), 2, "invalid choice")
+    fails(run("--home", home, "get", "n"), 2, "required")
+    fails(run("--home", home, "put", "n", "k", "{nope"), 2, "not valid JSON")
+    typo = ("B" if OTHER[0] != "B" else "C") + OTHER[1:]
+    fails(run("--home", home, "trust", typo), 2, "mistyped")
+    fails(run("--home", home, "share", "n", "XYZ"), 2, "invalid device ID")
+    fails(run("--home", home, "trust", OTHER, "--addr", "bad"), 2, "--addr")
+
+
+def test_status(run: Run, daemon: DaemonProcess) -> None:
+    home = str(daemon.home)
+    out = ok(run("--home", home, "status"))
+    assert "device ID:" in out
+    assert "version:     0.1.0" in out
+    js = json.loads(ok(run("--home", home, "--json", "status")))
+    assert set(js) == {"device_id", "name", "version", "listen", "peers_connected", "namespaces"}
+
+
+def test_documents(run: Run, daemon: DaemonProcess) -> None:
+    h = ("--home", str(daemon.home))
+    assert ok(run(*h, "put", "docs", "a", '{"title": "x", "n": 1}')) == ""
+    assert json.loads(ok(run(*h, "get", "docs", "a"))) == {"n": 1, "title": "x"}
+    got = json.loads(ok(run(*h, "--json", "get", "docs", "a")))
+    assert got == {"exists": True, "value": {"n": 1, "title": "x"}}
+    ok(run(*h, "put", "docs", "b", "-", stdin='{"from": "stdin"}'))
+    assert json.loads(ok(run(*h, "get", "docs", "b"))) == {"from": "stdin"}
+    ops = '[{"op":"make","path":["c"],"type":"counter"},{"op":"inc","path":["c"],"by":3}]'
+    ok(run(*h, "patch", "docs", "b", ops))
+    ok(run(*h, "patch", "docs", "b", "-", stdin='[{"op":"inc","path":["c"],"by":-1}]'))
+    assert json.loads(ok(run(*h, "get", "docs", "b")))["c"] == 2
+    assert ok(run(*h, "ls", "docs")) == "a\nb\n"
+    assert ok(run(*h, "ls", "docs", "b")) == "b\n"
+    assert json.loads(ok(run(*h, "--json", "ls", "docs"))) == {"keys": ["a", "b"]}
+    out = ok(run(*h, "ns"))
+    assert "docs" in out
+    assert json.loads(ok(run(*h, "--json", "ns")))["namespaces"][0]["ns"] == "docs"
+    assert ok(run(*h, "get", "docs", "a", "--conflicts")).startswith("{")
+    assert json.loads(ok(run(*h, "--json", "del", "docs", "a"))) == {"ok": True, "existed": True}
+    status, out, err = run(*h, "del", "docs", "a")
+    assert status == 0
+    assert "did not exist" in err
+    fails(run(*h, "get", "docs", "a"), 1, "no document 'a'")
+    status, out, _err = run(*h, "--json", "get", "docs", "a")
+    assert status == 1
+    assert json.loads(out) == {"exists": False, "value": None}
+
+
+def test_daemon_errors_exit_1_with_one_line(run: Run, daemon: DaemonProcess) -> None:
+    h = ("--home", str(daemon.home))
+    ok(run(*h, "put", "docs", "e", '{"r": 1}'))
+    fails(run(*h, "patch", "docs", "e", '[{"op":"inc","path":["r"],"by":1}]'), 1, "counter")
+    fails(run(*h, "put", "docs", "e", "[1, 2]"), 1, "must be a JSON object")
+    fails(run(*h, "patch", "docs", "e", '[{"op": "nope", "path": []}]'), 1, "ops[0].op")
+    fails(run(*h, "untrust", OTHER), 1, "not trusted")
+    fails(run(*h, "share", "docs", OTHER), 1, "not trusted")
+
+
+def test_devices_and_sharing(run: Run, daemon: DaemonProcess) -> None:
+    h = ("--home", str(daemon.home))
+    assert "no known devices" in ok(run(*h, "peers"))
+    ok(run(*h, "trust", OTHER.lower(), "--name", "phone", "--addr", "10.1.1.1:7400"))
+    out = ok(run(*h, "peers"))
+    assert OTHER in out
+    assert "phone" in out
+    assert "10.1.1.1:7400" in out
+    peers = json.loads(ok(run(*h, "--json", "peers")))
+    assert peers["peers"][0]["id"] == OTHER
+    assert peers["pending"] == []
+    ok(run(*h, "share", "shared", OTHER))
+    ok(run(*h, "put", "shared", "x", "{}"))
+    assert OTHER in ok(run(*h, "ns"))
+    assert "nothing to wait for" in ok(run(*h, "sync", "shared", "--timeout", "1"))
+    sync = json.loads(ok(run(*h, "--json", "sync", "shared")))
+    assert sync == {"acked_by": [], "pending": []}
+    fails(run(*h, "sync", "shared", "--timeout", "-1"), 2, "--timeout")
+    ok(run(*h, "unshare", "shared", OTHER))
+    ok(run(*h, "untrust", OTHER))
+    assert "no known devices" in ok(run(*h, "peers"))
+
+
+def test_folder_is_not_available_yet(run: Run, daemon: DaemonProcess) -> None:
+    fails(run("--home", str(daemon.home), "folder", "ls"), 1, "not available")
+
+
+def test_watch_streams_json_lines(daemon: DaemonProcess, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--home", str(daemon.home), "watch", "w", "--initial"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        daemon.call("put", ns="w", key="first", value={"v": 1})
+        assert watch.stdout is not None
+        line: Any = json.loads(watch.stdout.readline())
+        # Either the initial snapshot or the live change brought "first" (both are fine).
+        assert line["key"] == "first"
+        assert line["value"] == {"v": 1}
+        daemon.call("delete", ns="w", key="first")
+        while True:
+            line = json.loads(watch.stdout.readline())
+            if line.get("deleted"):
+                break
+        assert line == {
+            "ns": "w",
+            "key": "first",
+            "value": None,
+            "deleted": True,
+            "origin": "local",
+        }
+    finally:
+        watch.terminate()
+        watch.communicate(timeout=30)
+
+
+def test_console_script_and_python_m_agree(daemon: DaemonProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env["SYNCD_HOME"] = str(daemon.home)
+    a = subprocess.run(
+        [sys.executable, "-m", "syncd", "--json", "status"], capture_output=True, text=True, env=env
+    )
+    assert a.returncode == 0, a.stderr
+    exe = Path(sys.executable).parent / "syncd"
+    if exe.exists():
+        b = subprocess.run([str(exe), "--json", "status"], capture_output=True, text=True, env=env)
+        assert b.returncode == 0, b.stderr
+        assert json.loads(a.stdout) == json.loads(b.stdout)
+    missing = subprocess.run(
+        [sys.executable, "-m", "syncd", "--home", "/nonexistent/x", "get", "n", "k"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert missing.returncode == 3
+    assert missing.stderr.count("\n") == 1
+    assert "/nonexistent/x/syncd.sock" in missing.stderr

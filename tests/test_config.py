@@ -1,0 +1,146 @@
+"""config.toml validation and the instance's paths (--home, systemd, XDG)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from syncd.config import (
+    KEYS,
+    ConfigError,
+    config_from_mapping,
+    initial_config_text,
+    load_config,
+    parse_listen,
+)
+from syncd.paths import resolve_paths
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_means_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path / "config.toml")
+    assert config.listen == "0.0.0.0:7400"
+    assert config.log_level == "info"
+    assert config.api.max_line_bytes == 16 * 1024 * 1024
+    assert config.name
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'name = "lap"\nlisten = "[::1]:9000"\nlog_level = "DEBUG"\n'
+        "[api]\nmax_line_bytes = 4096\nwatch_queue = 7\n",
+    )
+    config = load_config(path)
+    assert (config.name, config.listen, config.log_level) == ("lap", "[::1]:9000", "debug")
+    assert (config.api.max_line_bytes, config.api.watch_queue) == (4096, 7)
+    assert config.source == path
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('nmae = "x"\n', "unknown key `nmae`"),
+        ("[api]\nmax_lines = 3\n", "unknown key `api.max_lines`"),
+        ("[bogus]\nx = 1\n", "unknown key `bogus`"),
+        ('listen = "nowhere"\n', "bad value for `listen`"),
+        ('listen = "::1:80"\n', "brackets"),
+        ('listen = "h:99999"\n', "port must be"),
+        ("listen = 7400\n", "bad value for `listen`"),
+        ('log_level = "loud"\n', "bad value for `log_level`"),
+        ("[api]\nmax_line_bytes = 10\n", "bad value for `api.max_line_bytes`"),
+        ("[api]\nwatch_queue = true\n", "bad value for `api.watch_queue`"),
+        ('[api]\nwatch_queue = "10"\n', "bad value for `api.watch_queue`"),
+        ('api = "x"\n', "`api` must be a table"),
+        ('name = ""\n', "bad value for `name`"),
+        ("name = [\n", "invalid TOML"),
+    ],
+)
+def test_bad_files_name_the_key_and_the_file(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert fragment in message
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'name = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+def test_initial_config_is_valid_and_documents_every_key() -> None:
+    text = initial_config_text('we"ird\\name', "127.0.0.1:1")
+    config = config_from_mapping(tomllib.loads(text))
+    assert config.name == 'we"ird\\name'
+    assert config.listen == "127.0.0.1:1"
+    for key in KEYS:
+        assert key.name.split(".")[-1] in text
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("0.0.0.0:7400") == ("0.0.0.0", 7400)
+    assert parse_listen("[::]:0") == ("::", 0)
+    assert parse_listen("host.example:22") == ("host.example", 22)
+    for bad in ("", ":80", "[zz]:80", "a:b", "a:-1"):
+        with pytest.raises(ValueError, match=r".+"):
+            parse_listen(bad)
+
+
+def test_home_puts_everything_in_one_directory(tmp_path: Path) -> None:
+    paths = resolve_paths(tmp_path, env={"STATE_DIRECTORY": "/var/lib/x"})
+    assert paths.config_dir == paths.state_dir == paths.runtime_dir == tmp_path
+    assert paths.socket == tmp_path / "syncd.sock"
+    assert paths.config_file == tmp_path / "config.toml"
+    env_home = resolve_paths(None, env={"SYNCD_HOME": str(tmp_path)})
+    assert env_home == paths
+
+
+def test_xdg_places() -> None:
+    env = {
+        "HOME": "/home/u",
+        "XDG_CONFIG_HOME": "/c",
+        "XDG_STATE_HOME": "/s",
+        "XDG_RUNTIME_DIR": "/run/user/1000",
+    }
+    paths = resolve_paths(None, env=env)
+    assert paths.config_file == Path("/c/syncd/config.toml")
+    assert paths.state_dir == Path("/s/syncd")
+    assert paths.socket == Path("/run/user/1000/syncd/syncd.sock")
+
+
+def test_xdg_defaults_and_no_runtime_dir() -> None:
+    paths = resolve_paths(None, env={"HOME": "/home/u"})
+    assert paths.config_dir == Path("/home/u/.config/syncd")
+    assert paths.state_dir == Path("/home/u/.local/state/syncd")
+    assert paths.socket == Path("/home/u/.local/state/syncd/syncd.sock")
+
+
+def test_systemd_directories_win_over_xdg() -> None:
+    env = {
+        "HOME": "/home/u",
+        "XDG_RUNTIME_DIR": "/run/user/1000",
+        "CONFIGURATION_DIRECTORY": "/etc/syncd",
+        "STATE_DIRECTORY": "/var/lib/syncd:/var/lib/other",
+        "RUNTIME_DIRECTORY": "/run/syncd",
+    }
+    paths = resolve_paths(None, env=env)
+    assert paths.config_file == Path("/etc/syncd/config.toml")
+    assert paths.state_dir == Path("/var/lib/syncd")
+    assert paths.socket == Path("/run/syncd/syncd.sock")
+
+
+def test_socket_override_only_moves_the_socket(tmp_path: Path) -> None:
+    paths = resolve_paths(tmp_path, env={}, socket="/x/y.sock")
+    assert paths.socket == Path("/x/y.sock")
+    assert paths.state_dir == tmp_path

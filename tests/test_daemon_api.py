@@ -1,0 +1,437 @@
+"""The JSON-RPC API end to end over its real Unix socket, on the real SQLite replica.
+
+Every method, every error code, pipelining, batches, and hostile input that must leave the
+server serving. (Process-level behaviour is in test_daemon_process.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from syncd.daemon.rpc import LineSplitter, parse_message
+from syncd.identity import format_device_id
+from tests.daemon_harness import Api, Line, line_connection, running_api
+
+OTHER = format_device_id(b"\x01" * 32)
+THIRD = format_device_id(b"\x02" * 32)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> Any:
+    async with running_api(tmp_path) as api:
+        yield api
+
+
+@pytest.fixture
+async def conn(api: Api) -> Any:
+    async with line_connection(api.socket) as conn:
+        yield conn
+
+
+def result(msg: dict[str, Any]) -> Any:
+    assert "error" not in msg, msg
+    return msg["result"]
+
+
+def error(msg: dict[str, Any], code: int, reason: str | None = None) -> dict[str, Any]:
+    assert "error" in msg, msg
+    err: dict[str, Any] = msg["error"]
+    assert err["code"] == code, err
+    if reason is not None:
+        assert err["data"]["reason"] == reason, err
+    assert isinstance(err["message"], str)
+    assert err["message"]
+    return err
+
+
+# --- methods -------------------------------------------------------------------------------
+
+
+async def test_status(conn: Line, api: Api) -> None:
+    r = result(await conn.call("status", {}))
+    assert r == {
+        "device_id": api.device_id,
+        "name": "test",
+        "version": "0.1.0",
+        "listen": "x:1",
+        "peers_connected": 0,
+        "namespaces": [],
+    }
+    assert result(await conn.call("status"))["device_id"] == api.device_id  # params optional
+
+
+async def test_put_get_list_delete(conn: Line) -> None:
+    assert result(await conn.call("get", {"ns": "n", "key": "a"})) == {
+        "exists": False,
+        "value": None,
+    }
+    assert result(await conn.call("put", {"ns": "n", "key": "a", "value": {"t": "x"}})) == {
+        "ok": True
+    }
+    await conn.call("put", {"ns": "n", "key": "b/1", "value": {}})
+    await conn.call("put", {"ns": "n", "key": "b/2", "value": {"z": [1, 2]}})
+    assert result(await conn.call("get", {"ns": "n", "key": "a"})) == {
+        "exists": True,
+        "value": {"t": "x"},
+    }
+    assert result(await conn.call("list", {"ns": "n"})) == {"keys": ["a", "b/1", "b/2"]}
+    assert result(await conn.call("list", {"ns": "n", "prefix": "b/"})) == {"keys": ["b/1", "b/2"]}
+    assert result(await conn.call("list", {"ns": "other"})) == {"keys": []}
+    assert result(await conn.call("delete", {"ns": "n", "key": "a"})) == {
+        "ok": True,
+        "existed": True,
+    }
+    assert result(await conn.call("delete", {"ns": "n", "key": "a"})) == {
+        "ok": True,
+        "existed": False,
+    }
+    assert result(await conn.call("get", {"ns": "n", "key": "a"}))["exists"] is False
+    status = result(await conn.call("status"))
+    assert status["namespaces"] == ["n"]
+
+
+async def test_get_with_conflicts(conn: Line) -> None:
+    await conn.call("put", {"ns": "n", "key": "a", "value": {"t": 1}})
+    r = result(await conn.call("get", {"ns": "n", "key": "a", "conflicts": True}))
+    assert r == {"exists": True, "value": {"t": 1}, "conflicts": []}
+
+
+async def test_patch(conn: Line) -> None:
+    ops = [
+        {"op": "make", "path": ["n"], "type": "counter"},
+        {"op": "inc", "path": ["n"], "by": 5},
+        {"op": "make", "path": ["s"], "type": "set"},
+        {"op": "add", "path": ["s"], "value": "x"},
+        {"op": "make", "path": ["t"], "type": "text"},
+        {"op": "insert", "path": ["t"], "index": 0, "text": "hello"},
+    ]
+    assert result(await conn.call("patch", {"ns": "n", "key": "p", "ops": ops})) == {"ok": True}
+    value = result(await conn.call("get", {"ns": "n", "key": "p"}))["value"]
+    assert value == {"n": 5, "s": ["x"], "t": "hello"}
+
+
+async def test_patch_errors_carry_the_engines_reason(conn: Line) -> None:
+    await conn.call("put", {"ns": "n", "key": "p", "value": {"r": 1}})
+    make = [{"op": "make", "path": ["t"], "type": "text", "value": "abc"}]
+    assert result(await conn.call("patch", {"ns": "n", "key": "p", "ops": make}))
+    bad_type = [{"op": "inc", "path": ["r"], "by": 1}]
+    error(
+        await conn.call("patch", {"ns": "n", "key": "p", "ops": bad_type}), -32000, "type_mismatch"
+    )
+    bad_path = [{"op": "delete", "path": ["t"], "index": 10, "count": 1}]
+    error(
+        await conn.call("patch", {"ns": "n", "key": "p", "ops": bad_path}), -32000, "invalid_path"
+    )
+    malformed = [{"op": "frobnicate", "path": []}]
+    error(await conn.call("patch", {"ns": "n", "key": "p", "ops": malformed}), -32602)
+    # Atomic: a failing patch changed nothing.
+    ops = [{"op": "set", "path": ["r"], "value": 2}, {"op": "inc", "path": ["r"], "by": 1}]
+    error(await conn.call("patch", {"ns": "n", "key": "p", "ops": ops}), -32000, "type_mismatch")
+    assert result(await conn.call("get", {"ns": "n", "key": "p"}))["value"] == {"r": 1, "t": "abc"}
+
+
+async def test_trust_peers_share_namespaces_untrust(conn: Line, api: Api) -> None:
+    assert result(await conn.call("peers")) == {"peers": [], "pending": []}
+    r = await conn.call(
+        "trust", {"device_id": OTHER.lower(), "name": "lap", "addresses": ["10.0.0.2:7400"]}
+    )
+    assert result(r) == {"ok": True}
+    peers = result(await conn.call("peers"))
+    assert peers == {
+        "peers": [
+            {
+                "id": OTHER,
+                "name": "lap",
+                "trusted": True,
+                "connected": False,
+                "addresses": ["10.0.0.2:7400"],
+                "last_seen": None,
+            }
+        ],
+        "pending": [],
+    }
+    error(await conn.call("share", {"ns": "n", "devices": [THIRD]}), -32000, "not_trusted")
+    assert result(await conn.call("share", {"ns": "n", "devices": [OTHER]})) == {"ok": True}
+    await conn.call("put", {"ns": "n", "key": "a", "value": {}})
+    assert result(await conn.call("namespaces")) == {
+        "namespaces": [{"ns": "n", "devices": [OTHER], "documents": 1}]
+    }
+    # Nobody is connected: sync has nothing to wait for.
+    assert result(await conn.call("sync", {"ns": "n", "timeout_s": 5})) == {
+        "acked_by": [],
+        "pending": [],
+    }
+    assert result(await conn.call("unshare", {"ns": "n", "devices": [OTHER]})) == {"ok": True}
+    ns = result(await conn.call("namespaces"))["namespaces"]
+    assert ns == [{"ns": "n", "devices": [], "documents": 1}]
+    assert result(await conn.call("untrust", {"device_id": OTHER})) == {"ok": True}
+    error(await conn.call("untrust", {"device_id": OTHER}), -32000, "not_found")
+    assert result(await conn.call("peers"))["peers"] == []
+    error(await conn.call("trust", {"device_id": api.device_id}), -32602)
+
+
+async def test_mistyped_device_id_is_rejected(conn: Line) -> None:
+    typo = ("B" if OTHER[0] != "B" else "C") + OTHER[1:]
+    err = error(await conn.call("trust", {"device_id": typo}), -32602, "invalid_device_id")
+    assert err["data"]["param"] == "device_id"
+    error(await conn.call("share", {"ns": "n", "devices": [typo]}), -32602, "invalid_device_id")
+    error(await conn.call("untrust", {"device_id": "short"}), -32602, "invalid_device_id")
+
+
+# --- error codes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"garbage",
+        b"{",
+        b'{"jsonrpc": "2.0", "method": "status", "id": 1',
+        b"\xff\xfe\x00",
+        b'{"jsonrpc":"2.0","id":1,"method":"put","params":{"ns":"n","key":"k","value":{"x":NaN}}}',
+        b"[" * 100_000,
+    ],
+)
+async def test_parse_error_keeps_the_connection_usable(conn: Line, line: bytes) -> None:
+    await conn.send_raw(line + b"\n")
+    msg = await conn.recv()
+    error(msg, -32700)
+    assert msg["id"] is None
+    assert result(await conn.call("status"))["version"]
+
+
+@pytest.mark.parametrize(
+    ("message", "rid"),
+    [
+        (1, None),
+        ("x", None),
+        ({}, None),
+        ({"method": "status", "id": 3}, 3),
+        ({"jsonrpc": "1.0", "method": "status", "id": 4}, 4),
+        ({"jsonrpc": "2.0", "method": 5, "id": 5}, 5),
+        ({"jsonrpc": "2.0", "method": "status", "id": [1]}, None),
+        ({"jsonrpc": "2.0", "method": "status", "id": True}, None),
+        ({"jsonrpc": "2.0", "method": "status", "id": 6, "extra": 1}, 6),
+        ([], None),
+    ],
+)
+async def test_invalid_request(conn: Line, message: Any, rid: Any) -> None:
+    await conn.send_raw(json.dumps(message).encode() + b"\n")
+    msg = await conn.recv()
+    error(msg, -32600)
+    assert msg["id"] == rid
+    assert result(await conn.call("status"))["version"]
+
+
+async def test_method_not_found(conn: Line) -> None:
+    msg = await conn.call("frobnicate", {})
+    error(msg, -32601)
+    assert "frobnicate" in msg["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "param"),
+    [
+        ("get", {"key": "a"}, "ns"),
+        ("get", {"ns": "", "key": "a"}, "ns"),
+        ("get", {"ns": 1, "key": "a"}, "ns"),
+        ("get", {"ns": "n", "key": "a", "conflicts": "yes"}, "conflicts"),
+        ("get", {"ns": "n", "key": "a\x00b"}, "key"),
+        ("get", {"ns": "n", "key": "k" * 1025}, "key"),
+        ("get", {"ns": "n", "key": "a", "bogus": 1}, "bogus"),
+        ("put", {"ns": "n", "key": "a", "value": [1]}, "value"),
+        ("put", {"ns": "n", "key": "a"}, "value"),
+        ("patch", {"ns": "n", "key": "a", "ops": {}}, "ops"),
+        ("list", {"ns": "n", "prefix": 3}, "prefix"),
+        ("watch", {"ns": "n", "initial": 1}, "initial"),
+        ("trust", {"device_id": OTHER, "addresses": ["nohost"]}, "addresses"),
+        ("trust", {"device_id": OTHER, "name": ""}, "name"),
+        ("share", {"ns": "n", "devices": []}, "devices"),
+        ("share", {"ns": "n", "devices": [1]}, "devices"),
+        ("sync", {"ns": "n", "timeout_s": -1}, "timeout_s"),
+        ("sync", {"ns": "n", "timeout_s": "soon"}, "timeout_s"),
+        ("status", {"verbose": True}, "verbose"),
+    ],
+)
+async def test_invalid_params_name_the_param(
+    conn: Line, method: str, params: dict[str, Any], param: str
+) -> None:
+    err = error(await conn.call(method, params), -32602, None)
+    assert err["data"]["param"] == param
+    assert err["data"]["reason"] in ("invalid_params", "invalid_device_id")
+
+
+async def test_positional_params_are_invalid(conn: Line) -> None:
+    error(await conn.call("get", ["n", "a"]), -32602, "invalid_params")
+
+
+async def test_put_ns_with_surrogate_is_invalid(conn: Line) -> None:
+    await conn.send_raw(
+        b'{"jsonrpc":"2.0","id":9,"method":"get","params":{"ns":"\\ud800","key":"a"}}\n'
+    )
+    error(await conn.recv(), -32602)
+
+
+# --- framing -------------------------------------------------------------------------------
+
+
+async def test_pipelined_requests_all_get_answers_by_id(conn: Line) -> None:
+    lines = b"".join(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": f"r{i}",
+                "method": "put",
+                "params": {"ns": "p", "key": str(i), "value": {"i": i}},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(200)
+    )
+    await conn.send_raw(lines)
+    ids = set()
+    for _ in range(200):
+        msg = await conn.recv()
+        assert result(msg) == {"ok": True}
+        ids.add(msg["id"])
+    assert ids == {f"r{i}" for i in range(200)}
+    assert len(result(await conn.call("list", {"ns": "p"}))["keys"]) == 200
+
+
+async def test_notification_requests_run_without_answer(conn: Line) -> None:
+    await conn.send_raw(
+        b'{"jsonrpc":"2.0","method":"put","params":{"ns":"n","key":"q","value":{"a":1}}}\n'
+    )
+    msg = await conn.call("get", {"ns": "n", "key": "q"})
+    assert result(msg)["value"] == {"a": 1}
+
+
+async def test_batch(conn: Line) -> None:
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "put",
+            "params": {"ns": "n", "key": "b", "value": {}},
+        },
+        {"jsonrpc": "2.0", "method": "status"},
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+        5,
+    ]
+    await conn.send_raw(json.dumps(batch).encode() + b"\n")
+    msg = await conn.recv()
+    assert isinstance(msg, list)
+    assert len(msg) == 3
+    assert msg[0] == {"jsonrpc": "2.0", "id": 1, "result": {"ok": True}}
+    error(msg[1], -32601)
+    error(msg[2], -32600)
+
+
+async def test_blank_lines_and_crlf_are_tolerated(conn: Line) -> None:
+    await conn.send_raw(b"\n\r\n  \n")
+    await conn.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"status"}\r\n')
+    assert result(await conn.recv())["version"]
+
+
+async def test_request_split_across_writes(conn: Line) -> None:
+    data = b'{"jsonrpc":"2.0","id":7,"method":"status"}\n'
+    for i in range(len(data)):
+        await conn.send_raw(data[i : i + 1])
+    assert (await conn.recv())["id"] == 7
+
+
+async def test_huge_line_gets_an_error_and_the_connection_survives(tmp_path: Path) -> None:
+    from syncd.config import ApiConfig
+
+    async with (
+        running_api(tmp_path, ApiConfig(max_line_bytes=64 * 1024)) as api,
+        line_connection(api.socket) as conn,
+    ):
+        chunk = b"x" * 65536
+        for _ in range(64):  # 4 MiB of one line, far beyond the limit
+            await conn.send_raw(chunk)
+        await conn.send_raw(b"\n")
+        msg = await conn.recv()
+        err = error(msg, -32600, "too_large")
+        assert err["data"]["limit"] == 64 * 1024
+        # Exactly at the limit is accepted.
+        value = {"s": "y" * (64 * 1024 - 100)}
+        line = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "put",
+                "params": {"ns": "n", "key": "k", "value": value},
+            }
+        ).encode()
+        assert len(line) <= 64 * 1024
+        await conn.send_raw(line + b"\n")
+        assert result(await conn.recv()) == {"ok": True}
+        assert result(await conn.call("status"))["version"]
+
+
+async def test_connection_limit_refuses_with_a_reason(tmp_path: Path) -> None:
+    from syncd.config import ApiConfig
+
+    async with running_api(tmp_path, ApiConfig(max_connections=2)) as api:
+        async with line_connection(api.socket) as a, line_connection(api.socket) as b:
+            assert result(await a.call("status"))
+            assert result(await b.call("status"))
+            async with line_connection(api.socket) as c:
+                error(await c.recv(), -32000, "too_many_connections")
+        # After the two closed, a new one is served.
+        with trio.fail_after(10):
+            while True:
+                async with line_connection(api.socket) as d:
+                    await d.send("status")
+                    msg = await d.recv()
+                    if "result" in msg:
+                        break
+                    error(msg, -32000, "too_many_connections")
+
+
+async def test_many_connections_opened_and_dropped(api: Api, conn: Line) -> None:
+    for i in range(200):
+        async with line_connection(api.socket) as c:
+            if i % 2:
+                await c.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"sta')
+    assert result(await conn.call("status"))["version"]
+
+
+async def test_client_disconnecting_mid_write_still_commits(api: Api, conn: Line) -> None:
+    async with line_connection(api.socket) as c:
+        await c.send("put", {"ns": "n", "key": "gone", "value": {"v": 1}})
+    # The write was accepted before the client left; it must land.
+    with trio.fail_after(10):
+        while not result(await conn.call("get", {"ns": "n", "key": "gone"}))["exists"]:
+            await trio.lowlevel.checkpoint()
+
+
+# --- sans-IO pieces ------------------------------------------------------------------------
+
+
+def test_line_splitter_bounds_memory() -> None:
+    s = LineSplitter(10)
+    assert s.feed(b"abc\nde") == [b"abc"]
+    assert s.feed(b"f\n") == [b"def"]
+    assert s.feed(b"0123456789A") == [None]
+    assert s.pending == 0
+    assert s.feed(b"more junk" * 1000) == []
+    assert s.pending == 0
+    assert s.feed(b"tail\nok\n") == [b"ok"]
+    assert s.feed(b"0123456789\n") == [b"0123456789"]
+    assert s.feed(b"0123456789a\nz\n") == [None, b"z"]
+
+
+def test_parse_message_shapes() -> None:
+    msgs, batch = parse_message(b'{"jsonrpc":"2.0","method":"m"}')
+    assert not batch
+    assert msgs[0].is_notification  # type: ignore[union-attr]
+    msgs, batch = parse_message(b'[{"jsonrpc":"2.0","method":"m","id":null}]')
+    assert batch
+    assert not msgs[0].is_notification  # type: ignore[union-attr]

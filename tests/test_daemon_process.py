@@ -1,0 +1,354 @@
+"""``syncd run`` as a real process: readiness, signals, crashes, hostile clients, other uids."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from syncd.client import Client
+from tests.daemon_harness import DaemonProcess, RawConn, daemon_process
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def test_ready_status_and_sigterm(home: Path) -> None:
+    with daemon_process(home) as d:
+        assert d.notify is not None
+        ready = d.wait_ready()
+        assert "ready" in ready["STATUS"]
+        assert stat.S_IMODE(d.socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert d.call("status")["device_id"][:7] in ready["STATUS"]
+        assert d.stop() == 0
+        assert d.notify.wait_for("STOPPING", "1")
+        assert not d.socket.exists()
+        assert "stopped" in d.stderr()
+
+
+def test_sigint_is_a_clean_stop_too(home: Path) -> None:
+    with daemon_process(home) as d:
+        d.signal(signal.SIGINT)
+        assert d.wait() == 0
+        assert not d.socket.exists()
+
+
+def test_watchdog_pings_when_asked(home: Path) -> None:
+    with daemon_process(home, WATCHDOG_USEC="200000") as d:
+        assert d.notify is not None
+        d.notify.wait_for("WATCHDOG", "1")
+
+
+def test_first_run_initializes_the_home(home: Path) -> None:
+    with daemon_process(home) as d:
+        assert (home / "key.pem").exists()
+        assert stat.S_IMODE((home / "key.pem").stat().st_mode) == 0o600
+        assert (home / "config.toml").exists()
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "--home", str(home), "id"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == d.call("status")["device_id"]
+
+
+def test_single_instance_and_stale_socket(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    # A stale socket file from a crashed daemon: nobody listens on it.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(home / "syncd.sock"))
+    stale.close()
+    with daemon_process(home) as d:
+        assert d.call("status")["version"]
+        second = subprocess.run(
+            [sys.executable, "-m", "syncd", "--home", str(home), "run"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=d.env(),
+        )
+        assert second.returncode == 1
+        assert "already running" in second.stderr
+        assert str(home / "syncd.lock") in second.stderr
+        # The first daemon is unaffected.
+        assert d.call("status")["version"]
+
+
+def test_bad_config_names_key_and_file(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text("[api]\nmax_line_bytes = 'big'\n")
+    d = DaemonProcess(home)
+    try:
+        d.start(wait_ready=False)
+        assert d.wait() == 1
+        err = d.stderr()
+        assert "api.max_line_bytes" in err
+        assert str(home / "config.toml") in err
+    finally:
+        d.close()
+
+
+def test_sighup_reloads_and_survives_a_bad_config(home: Path) -> None:
+    with daemon_process(home) as d:
+        assert d.notify is not None
+        (home / "config.toml").write_text('name = "renamed"\n')
+        d.signal(signal.SIGHUP)
+        d.notify.messages.clear()
+        d.notify.wait_for("STATUS")
+        assert d.call("status")["name"] == "renamed"
+        (home / "config.toml").write_text("name = [\n")
+        d.signal(signal.SIGHUP)
+        d.notify.messages.clear()
+        d.notify.wait_for("STATUS")
+        assert d.call("status")["name"] == "renamed"
+        assert "config not reloaded" in d.stderr()
+        assert d.stop() == 0
+
+
+def test_journal_logging_has_priorities_and_no_timestamps(home: Path, tmp_path: Path) -> None:
+    d = DaemonProcess(home)
+    d.stderr_path.touch()
+    st = os.stat(d.stderr_path)
+    d.extra_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    try:
+        d.start()
+        assert d.stop() == 0
+        lines = [line for line in d.stderr().splitlines() if line]
+        assert lines
+        assert all(line.startswith(("<6>", "<7>", "<4>", "<3>")) for line in lines), lines
+        assert any(line.startswith("<6>syncd.daemon: ") for line in lines)
+        assert not any(line[3:7].isdigit() for line in lines)  # no "2025-..." timestamps
+    finally:
+        d.close()
+
+
+def test_terminal_logging_has_timestamps_and_log_level(home: Path) -> None:
+    with daemon_process(home, "--log-level", "warning") as d:
+        assert d.stop() == 0
+    assert "ready" not in d.stderr()  # info suppressed at warning level
+    with daemon_process(home) as d:
+        assert d.stop() == 0
+    last = d.stderr().splitlines()[-1]
+    assert last[:4].isdigit()
+    assert " INFO syncd.daemon: stopped" in last
+
+
+def test_hostile_clients_leave_the_daemon_serving(home: Path) -> None:
+    with daemon_process(home) as d:
+        watcher = RawConn(d.socket)
+        try:
+            watcher.send(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+            assert watcher.recv()["id"] == 1
+            garbage = [
+                b"\x00\x01\x02garbage\n",
+                b"{not json}\n",
+                b'{"jsonrpc":"2.0","id":1,"method":"put","params":{"ns":"n"}}\n',
+                b"[" * 200_000 + b"\n",
+                b'"just a string"\n',
+            ]
+            for payload in garbage:
+                c = RawConn(d.socket)
+                c.send(payload)
+                assert "error" in c.recv()
+                c.close()
+            # A 20 MiB line: an error (too_large), the daemon's memory is not used for it.
+            c = RawConn(d.socket)
+            chunk = b"A" * (1 << 20)
+            for _ in range(20):
+                c.send(chunk)
+            c.send(b"\n")
+            err = c.recv()["error"]
+            assert err["data"]["reason"] == "too_large"
+            c.close()
+            # 200 connections opened and dropped, some mid-request.
+            for i in range(200):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(d.socket))
+                if i % 3 == 0:
+                    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"put","par')
+                s.close()
+            # The long-lived client and new clients are still served.
+            watcher.send(b'{"jsonrpc":"2.0","id":2,"method":"status"}\n')
+            assert watcher.recv()["id"] == 2
+            assert d.call("put", ns="n", key="k", value={"ok": 1}) == {"ok": True}
+            assert d.proc is not None
+            assert d.proc.poll() is None
+        finally:
+            watcher.close()
+        assert d.stop() == 0
+
+
+def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
+    d = DaemonProcess(home)
+    try:
+        d.start()
+        acked: dict[str, int] = {}
+        client = Client(d.socket)
+        for i in range(300):
+            client.put("crash", f"k{i % 37}", {"i": i})
+            acked[f"k{i % 37}"] = i
+        # Kill while a pipelined burst is in flight: whatever was acknowledged must survive.
+        burst = RawConn(d.socket)
+        lines = b"".join(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "put",
+                    "params": {"ns": "crash", "key": f"b{i}", "value": {"i": i}},
+                }
+            ).encode()
+            + b"\n"
+            for i in range(2000)
+        )
+        burst.send(lines)
+        burst_acked = []
+        for _ in range(50):
+            msg = burst.recv()
+            assert msg["result"] == {"ok": True}
+            burst_acked.append(msg["id"])
+        d.signal(signal.SIGKILL)
+        assert d.wait() == -signal.SIGKILL
+        client.close()
+        burst.close()
+        assert d.socket.exists()  # a stale socket stays behind after kill -9
+        d.close()
+        d.start()  # removes the stale socket, takes the lock the kernel released
+        with Client(d.socket) as again:
+            for key, i in acked.items():
+                assert again.get("crash", key)["value"] == {"i": i}
+            for i in burst_acked:
+                assert again.get("crash", f"b{i}")["value"] == {"i": i}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+NOBODY_CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sys.argv[1])
+    except OSError as e:
+        print("CONNECT", e.errno)
+        sys.exit(0)
+    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\\n')
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    print("GOT", data.decode().strip())
+    """
+)
+
+
+def _as_nobody(path: Path) -> str:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.getuid() != 0:
+        pytest.skip("needs root and setpriv to run a client as another user")
+    nobody = pwd.getpwnam("nobody")
+    out = subprocess.run(
+        [
+            setpriv,
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            NOBODY_CLIENT,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.root
+def test_other_uid_cannot_reach_the_socket(home: Path) -> None:
+    with daemon_process(home) as d:
+        # 0700 directory, 0600 socket: the kernel refuses another uid.
+        assert _as_nobody(d.socket) == "CONNECT 13"
+
+
+@pytest.mark.root
+def test_other_uid_is_refused_by_peer_credentials() -> None:
+    # Even with the file permissions opened up, SO_PEERCRED refuses the other uid. (A home
+    # directly under /tmp, so that no private parent directory stops "nobody" first.)
+    top = Path(tempfile.mkdtemp(prefix="syncd-peercred-", dir="/tmp"))
+    try:
+        home = top / "home"
+        with daemon_process(home) as d:
+            os.chmod(top, 0o755)
+            os.chmod(home, 0o755)
+            os.chmod(d.socket, 0o666)
+            out = _as_nobody(d.socket)
+            assert out.startswith("GOT "), out
+            reply = json.loads(out[4:])
+            assert reply["error"]["code"] == -32000
+            assert reply["error"]["data"]["reason"] == "permission_denied"
+            assert "refused API connection from uid" in d.stderr()
+            assert d.call("status")["version"]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_sigterm_finishes_requests_in_flight(home: Path) -> None:
+    d = DaemonProcess(home)
+    try:
+        d.start()
+        burst = RawConn(d.socket)
+        lines = b"".join(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "put",
+                    "params": {"ns": "term", "key": f"k{i}", "value": {"i": i}},
+                }
+            ).encode()
+            + b"\n"
+            for i in range(3000)
+        )
+        burst.send(lines)
+        acked = [burst.recv()["id"]]
+        d.signal(signal.SIGTERM)
+        # Requests already read are finished and answered; then the daemon closes cleanly.
+        while True:
+            try:
+                msg = burst.recv()
+            except (EOFError, ConnectionResetError):
+                break
+            assert msg["result"] == {"ok": True}
+            acked.append(msg["id"])
+        burst.close()
+        assert d.wait() == 0
+        assert not d.socket.exists()
+        d.close()
+        d.start()
+        with Client(d.socket) as c:
+            for i in acked:
+                assert c.get("term", f"k{i}")["value"] == {"i": i}
+        assert d.stop() == 0
+    finally:
+        d.close()

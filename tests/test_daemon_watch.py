@@ -1,0 +1,163 @@
+"""Watch subscriptions: notifications, initial snapshots, back-pressure and overflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from syncd.client import AsyncClient, InvalidParams, NotFound, open_client
+from syncd.config import ApiConfig
+from tests.daemon_harness import Line, line_connection, running_api
+
+
+async def next_notification(conn: Line) -> dict[str, Any]:
+    while True:
+        msg = await conn.recv()
+        if "method" in msg:
+            return dict(msg)
+
+
+async def test_watch_streams_local_changes_in_order(tmp_path: Path) -> None:
+    async with (
+        running_api(tmp_path) as api,
+        line_connection(api.socket) as w,
+        line_connection(api.socket) as c,
+    ):
+        await w.send("watch", {"ns": "n", "prefix": "a/"})
+        response = await w.recv()  # the response comes before any notification
+        sub = response["result"]["subscription"]
+        await c.call("put", {"ns": "n", "key": "a/1", "value": {"v": 1}})
+        await c.call("put", {"ns": "n", "key": "b/1", "value": {"v": 0}})  # other prefix
+        await c.call("put", {"ns": "other", "key": "a/1", "value": {"v": 0}})  # other ns
+        await c.call(
+            "patch",
+            {"ns": "n", "key": "a/1", "ops": [{"op": "set", "path": ["v"], "value": 2}]},
+        )
+        await c.call("delete", {"ns": "n", "key": "a/1"})
+        got = [await next_notification(w) for _ in range(3)]
+        assert [g["method"] for g in got] == ["change"] * 3
+        params = [g["params"] for g in got]
+        assert params[0] == {
+            "subscription": sub,
+            "ns": "n",
+            "key": "a/1",
+            "value": {"v": 1},
+            "deleted": False,
+            "origin": "local",
+        }
+        assert params[1]["value"] == {"v": 2}
+        assert params[2]["deleted"] is True
+        assert params[2]["value"] is None
+
+
+async def test_initial_sends_current_documents_first(tmp_path: Path) -> None:
+    async with (
+        running_api(tmp_path) as api,
+        line_connection(api.socket) as c,
+        line_connection(api.socket) as w,
+    ):
+        for key in ("k1", "k2", "z"):
+            await c.call("put", {"ns": "n", "key": key, "value": {"key": key}})
+        await c.call("delete", {"ns": "n", "key": "k2"})
+        await w.send("watch", {"ns": "n", "prefix": "k", "initial": True})
+        assert "subscription" in (await w.recv())["result"]
+        first = await next_notification(w)
+        assert first["params"]["key"] == "k1"
+        assert first["params"]["initial"] is True
+        assert first["params"]["value"] == {"key": "k1"}
+        await c.call("put", {"ns": "n", "key": "k3", "value": {}})
+        after = await next_notification(w)
+        assert after["params"]["key"] == "k3"
+        assert "initial" not in after["params"]
+
+
+async def test_unwatch(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as w:
+        sub = (await w.call("watch", {"ns": "n"}))["result"]["subscription"]
+        assert len(api.hub) == 1
+        assert (await w.call("unwatch", {"subscription": sub}))["result"] == {"ok": True}
+        assert len(api.hub) == 0
+        err = (await w.call("unwatch", {"subscription": sub}))["error"]
+        assert err["data"]["reason"] == "not_found"
+        # Closing a connection ends its subscriptions.
+        async with line_connection(api.socket) as w:
+            await w.call("watch", {"ns": "n"})
+            assert len(api.hub) == 1
+        with trio.fail_after(5):
+            while len(api.hub):
+                await trio.lowlevel.checkpoint()
+
+
+async def test_stuck_watcher_never_blocks_writers_and_overflows(tmp_path: Path) -> None:
+    limits = ApiConfig(watch_queue=8)
+    big = "x" * 20_000
+    async with (
+        running_api(tmp_path, limits) as api,
+        line_connection(api.socket) as stuck,
+        line_connection(api.socket) as writer,
+    ):
+        sub = (await stuck.call("watch", {"ns": "n"}))["result"]["subscription"]
+        # The watcher never reads. 1000 writes of 20 kB (20 MB of notifications, far more
+        # than the socket buffers and the queue) must still all be acknowledged.
+        with trio.fail_after(60):
+            for i in range(1000):
+                r = await writer.call(
+                    "put", {"ns": "n", "key": f"k{i % 50}", "value": {"s": big, "i": i}}
+                )
+                assert r["result"] == {"ok": True}
+                (s,) = [x for x in api.hub._subs.values()]
+                assert len(s.queue) <= 8
+        # Now the watcher reads: whatever was in flight, then an overflow notice.
+        with trio.fail_after(30):
+            while True:
+                note = await next_notification(stuck)
+                if note["method"] == "overflow":
+                    break
+        assert note["params"] == {"subscription": sub}
+        assert len(api.hub) == 0
+        # Resubscribing with initial: true brings it up to date.
+        await stuck.send("watch", {"ns": "n", "initial": True})
+        await stuck.recv()
+        seen = {}
+        for _ in range(50):
+            note = await next_notification(stuck)
+            seen[note["params"]["key"]] = note["params"]["value"]["i"]
+        assert seen[f"k{999 % 50}"] == 999
+
+
+async def test_too_many_subscriptions(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as w:
+        for _ in range(64):
+            assert "result" in await w.call("watch", {"ns": "n"})
+        err = (await w.call("watch", {"ns": "n"}))["error"]
+        assert err["data"]["reason"] == "too_many_subscriptions"
+
+
+# --- the async client ----------------------------------------------------------------------
+
+
+async def test_async_client_pipelines_and_watches(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api, open_client(api.socket) as client:
+        sub = await client.watch("n", initial=False)
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(put, client, i)
+        keys: set[str] = set()
+        while len(keys) < 50:
+            note = await sub.receive()
+            assert note["method"] == "change"
+            keys.add(note["params"]["key"])
+        assert len((await client.call("list", ns="n"))["keys"]) == 50
+        await sub.aclose()
+        with pytest.raises(NotFound):
+            await client.call("untrust", device_id="A" * 7 + "-" + "AAAAAAA-" * 6 + "AAAAAAA")
+        with pytest.raises(InvalidParams) as info:
+            await client.call("get", ns="", key="k")
+        assert info.value.code == -32602
+
+
+async def put(client: AsyncClient, i: int) -> None:
+    assert await client.call("put", ns="n", key=f"k{i}", value={"i": i}) == {"ok": True}
