@@ -18,7 +18,8 @@ from syncd.crdt import Document, DotCounter, encode_document, parse_ops
 
 
 def syncd_set_fields(n: int) -> tuple[float, Document, DotCounter]:
-    doc, counter = Document(), DotCounter("bench-replica-a")
+    doc: Document = Document()
+    counter = DotCounter("bench-replica-a")
     ops = [parse_ops([{"op": "set", "path": [f"field{i}"], "value": i}]) for i in range(n)]
     t0 = time.perf_counter()
     for o in ops:
@@ -31,7 +32,7 @@ def pycrdt_set_fields(n: int) -> float | None:
         import pycrdt
     except ImportError:
         return None
-    doc = pycrdt.Doc()
+    doc: Any = pycrdt.Doc()
     m = doc.get("m", type=pycrdt.Map)
     t0 = time.perf_counter()
     for i in range(n):
@@ -47,9 +48,11 @@ def one_field_delta(doc: Document, counter: DotCounter, field: str) -> int:
 
 def history(n_fields: int, writes: int) -> tuple[int, float, int | None]:
     """Two replicas write ``writes`` times each to overlapping fields, then merge."""
-    a, ca = Document(), DotCounter("bench-replica-a")
+    a: Document = Document()
+    ca = DotCounter("bench-replica-a")
     a.put({f"field{i}": 0 for i in range(n_fields)}, ca)
-    b, cb = a.copy(), DotCounter("bench-replica-b")
+    b: Document = a.copy()
+    cb = DotCounter("bench-replica-b")
     for i in range(writes):
         a.patch(parse_ops([{"op": "set", "path": [f"field{i % n_fields}"], "value": i}]), ca)
         b.patch(parse_ops([{"op": "set", "path": [f"field{(i * 7) % n_fields}"], "value": -i}]), cb)
@@ -65,12 +68,12 @@ def pycrdt_history(n_fields: int, writes: int) -> int | None:
         import pycrdt
     except ImportError:
         return None
-    a = pycrdt.Doc(client_id=1)
+    a: Any = pycrdt.Doc(client_id=1)
     ma = a.get("m", type=pycrdt.Map)
     with a.transaction():
         for i in range(n_fields):
             ma[f"field{i}"] = 0
-    b = pycrdt.Doc(client_id=2)
+    b: Any = pycrdt.Doc(client_id=2)
     b.apply_update(a.get_update())
     mb = b.get("m", type=pycrdt.Map)
     for i in range(writes):

@@ -19,8 +19,10 @@ json_scalars = st.one_of(
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(FIELDS), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(FIELDS), children, max_size=3)
+    ),
     max_leaves=6,
 )
 json_objects = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=3)
@@ -53,7 +55,12 @@ def random_op(rng: random.Random, doc: Document) -> dict[str, Any]:
         if rng.random() < 0.6 or n == 0:
             i = rng.randint(0, n)
             if isinstance(current, str):
-                return {"op": "insert", "path": path, "index": i, "text": rng.choice(["a", "bc", "xyz"])}
+                return {
+                    "op": "insert",
+                    "path": path,
+                    "index": i,
+                    "text": rng.choice(["a", "bc", "xyz"]),
+                }
             return {"op": "insert", "path": path, "index": i, "values": [rng.randint(0, 9)]}
         i = rng.randrange(n)
         return {"op": "delete", "path": path, "index": i, "count": rng.randint(1, n - i)}

@@ -18,7 +18,9 @@ def as_set(ctx: CausalContext) -> set[tuple[str, int]]:
 
 
 @given(spans, spans)
-def test_ranges_match_a_set_model(adds: list[tuple[str, int, int]], removes: list[tuple[str, int, int]]) -> None:
+def test_ranges_match_a_set_model(
+    adds: list[tuple[str, int, int]], removes: list[tuple[str, int, int]]
+) -> None:
     ctx = CausalContext()
     model: set[tuple[str, int]] = set()
     for r, s, n in adds:

@@ -330,7 +330,9 @@ def test_delta_since_sends_a_whole_document_delete() -> None:
 # -- laws and convergence (property tests) ---------------------------------------------------
 
 
-def _replica_histories(seed: int, n_replicas: int, steps: int) -> tuple[list[Document], list[Document]]:
+def _replica_histories(
+    seed: int, n_replicas: int, steps: int
+) -> tuple[list[Document], list[Document]]:
     """Random concurrent changes on replicas that occasionally sync; all their deltas."""
     rng = random.Random(seed)
     docs = [Document() for _ in range(n_replicas)]

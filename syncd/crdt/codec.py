@@ -22,12 +22,12 @@ empty stores; anything else raises :class:`~syncd.errors.CodecError` and nothing
 from __future__ import annotations
 
 import io
+import json
 import math
 from typing import Any
 
 import cbor2
 
-from syncd.crdt import stores
 from syncd.crdt.context import CausalContext
 from syncd.crdt.document import Document, FieldPath
 from syncd.crdt.dots import Dot
@@ -43,7 +43,6 @@ from syncd.crdt.stores import (
     TEXT,
     MapStore,
     SeqStore,
-    SetStore,
     canonical,
 )
 from syncd.errors import CodecError
@@ -58,7 +57,7 @@ _TAG_NAMES = {v: k for k, v in _TAGS.items()}
 
 # Built-in cbor2 semantic decoders (dates, bignums, regex, MIME, value sharing, ...) are all
 # turned off; any tag then reaches ``_refuse_tag``.
-_NO_SEMANTICS: dict[int, None] = {
+_NO_SEMANTICS: dict[int, Any] = {
     t: None
     for t in (*range(0, 64), 100, 256, 257, 258, 259, 260, 261, 262, 263, 266, 270, 1004, 55799)
 }
@@ -122,7 +121,7 @@ def _store_out(tag: str, st: Any, idx: _Index) -> Any:
     if tag == SET:
         elems: list[Any] = []
         for key in sorted(st.elems):
-            elems += (stores.json.loads(key), _dots_out(st.elems[key], idx))
+            elems += (json.loads(key), _dots_out(st.elems[key], idx))
         return [_dots_out(st.present, idx), elems]
     if tag == MAP:
         return _map_out(st, idx)
@@ -147,7 +146,7 @@ def document_to_cbor(doc: Document) -> list[Any]:
     """The CBOR data model of a document (before serialisation)."""
     idx = _Index()
     for r in doc.ctx.replicas():
-        idx[r]  # noqa: B018 - seeds the table in sorted order
+        idx[r]
     root = _map_out(doc.root, idx)
     ctx = _ctx_out(doc.ctx, idx)
     return [FORMAT_VERSION, list(idx), ctx, root]
@@ -258,7 +257,12 @@ class _Reader:
             if self.doc._store_at(path) is None:
                 raise _fail("empty map store")
         elif tag == SET:
-            if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not list or len(obj[1]) % 2:
+            if (
+                type(obj) is not list
+                or len(obj) != 2
+                or type(obj[1]) is not list
+                or len(obj[1]) % 2
+            ):
                 raise _fail("a set must be [present, [element, dots, ...]]")
             for d in self.dots(obj[0]):
                 self.add(d, path, PRESENT)
@@ -330,7 +334,9 @@ def document_from_cbor(obj: Any) -> Document:
     if type(obj) is not list or len(obj) != 4:
         raise _fail("expected [version, replicas, context, root]")
     if obj[0] != FORMAT_VERSION or type(obj[0]) is not int:
-        raise CodecError(f"unsupported document format {obj[0]!r} (this syncd reads {FORMAT_VERSION})")
+        raise CodecError(
+            f"unsupported document format {obj[0]!r} (this syncd reads {FORMAT_VERSION})"
+        )
     replicas = obj[1]
     if type(replicas) is not list or any(
         type(r) is not str or not 0 < len(r) <= MAX_REPLICA_ID for r in replicas

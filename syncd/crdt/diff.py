@@ -71,18 +71,15 @@ def _myers(a: Sequence[object], b: Sequence[object]) -> list[tuple[str, int, int
     return None
 
 
-def _backtrack(trace: list[list[int]], offset: int, n: int, m: int, dmax: int) -> list[
-    tuple[str, int, int]
-]:
+def _backtrack(
+    trace: list[list[int]], offset: int, n: int, m: int, dmax: int
+) -> list[tuple[str, int, int]]:
     script: list[tuple[str, int, int]] = []
     x, y = n, m
     for d in range(dmax, 0, -1):
         v = trace[d]
         k = x - y
-        if k == -d or (k != d and v[offset + k - 1] < v[offset + k + 1]):
-            prev_k = k + 1
-        else:
-            prev_k = k - 1
+        prev_k = k + 1 if k == -d or (k != d and v[offset + k - 1] < v[offset + k + 1]) else k - 1
         prev_x = v[offset + prev_k]
         prev_y = prev_x - prev_k
         while x > prev_x and y > prev_y:
@@ -121,8 +118,11 @@ def diff(a: Sequence[object], b: Sequence[object]) -> list[Edit]:
         pos = p + x + shift
         last = edits[-1] if edits else None
         if op == "-":
-            if last is not None and last[0] + (last[3] - last[2]) == pos and last[1] >= 0 and (
-                last[3] - last[2] == 0
+            if (
+                last is not None
+                and last[0] + (last[3] - last[2]) == pos
+                and last[1] >= 0
+                and (last[3] - last[2] == 0)
             ):
                 edits[-1] = (last[0], last[1] + 1, last[2], last[3])
             else:

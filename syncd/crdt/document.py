@@ -120,9 +120,7 @@ class Document:
     def _ensure(self, path: FieldPath) -> Any:
         """The store at ``path``, creating empty stores (maps on the way) where missing."""
         store: Any = self.root
-        depth = 0
-        for name, tag in path:
-            depth += 1
+        for depth, (name, tag) in enumerate(path, 1):
             fields = store.fields
             variants = fields.get(name)
             if variants is None:

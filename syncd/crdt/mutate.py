@@ -47,7 +47,9 @@ def _check_make_value(tag: str, value: Any) -> None:
         REGISTER: True,
     }[tag]
     if not ok:
-        raise PatchError(f"a {tag} cannot start from {canonical(value)[:60]}", reason="type_mismatch")
+        raise PatchError(
+            f"a {tag} cannot start from {canonical(value)[:60]}", reason="type_mismatch"
+        )
 
 
 def _shown(doc: Document, path: FieldPath) -> str:
@@ -206,7 +208,7 @@ class Change:
         if tag == MAP and isinstance(value, dict):
             self._remove_field(mp, name, keep=tag)
             self._put_map(path, value)
-        elif tag == TEXT and isinstance(value, str) or tag == LIST and isinstance(value, list):
+        elif (tag == TEXT and isinstance(value, str)) or (tag == LIST and isinstance(value, list)):
             self._remove_field(mp, name, keep=tag)
             self._seq_assign(path, value)
         elif tag == SET and isinstance(value, list):
@@ -267,14 +269,17 @@ class Change:
                     return None
                 for rest in names[i:]:
                     if not isinstance(rest, str):
-                        raise PatchError(f"path element {rest!r} is not a field name", reason="invalid_path")
+                        raise PatchError(
+                            f"path element {rest!r} is not a field name", reason="invalid_path"
+                        )
                 for rest in names[i:]:
                     self._make(mp, rest, MAP, {})
                     mp = (*mp, (rest, MAP))
                 return mp
             if w[0] != MAP:
                 raise PatchError(
-                    f"{_shown(doc, (*mp, (name, w[0])))} is a {w[0]}, not a map", reason="type_mismatch"
+                    f"{_shown(doc, (*mp, (name, w[0])))} is a {w[0]}, not a map",
+                    reason="type_mismatch",
                 )
             mp = (*mp, (name, MAP))
             m = w[1]
@@ -365,20 +370,26 @@ class Change:
         path = self._existing(op.path, (tag,), "inserting " + ("text" if tag == TEXT else "values"))
         if path is None:
             if op.index != 0:
-                raise PatchError(f"index {op.index} is out of range (no such {tag})", reason="invalid_path")
+                raise PatchError(
+                    f"index {op.index} is out of range (no such {tag})", reason="invalid_path"
+                )
             loc = self._field(op.path, create=True)
             assert loc is not None
             self._make(loc[0], loc[1], tag, op.items)
             return
         n = len(self.doc._seqs[path].seq)
         if op.index > n:
-            raise PatchError(f"index {op.index} is out of range (length {n})", reason="invalid_path")
+            raise PatchError(
+                f"index {op.index} is out of range (length {n})", reason="invalid_path"
+            )
         self._seq_insert(path, op.index, op.items)
 
     def _apply_delete(self, op: O.Delete) -> None:
         path = self._existing(op.path, (TEXT, LIST), "delete")
         if path is None:
-            raise PatchError(f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path")
+            raise PatchError(
+                f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path"
+            )
         n = len(self.doc._seqs[path].seq)
         if op.index + op.count > n:
             raise PatchError(
@@ -393,7 +404,9 @@ class Change:
         path = self._existing(op.path[:-1], (LIST,), "an index")
         n = len(self.doc._seqs[path].seq) if path is not None else 0
         if path is None or index >= n:
-            raise PatchError(f"no list item at {'/'.join(map(str, op.path))}", reason="invalid_path")
+            raise PatchError(
+                f"no list item at {'/'.join(map(str, op.path))}", reason="invalid_path"
+            )
         if isinstance(op, O.Set):
             self._seq_delete(path, index, 1)
             self._seq_insert(path, index, [op.value])
