@@ -180,20 +180,22 @@ class Document:
         path, sub = loc
         return self._store_at(path)[dot] if sub is None else None
 
-    def _remove_atom(self, dot: Dot, prune: bool = True) -> None:
+    def _remove_atom(self, dot: Dot) -> None:
         path, sub = self._where.pop(dot)
         store = self._store_at(path)
         if sub is None:
             del store[dot]
+            if store:
+                return
         elif sub == PRESENT:
             store.present.discard(dot)
         else:
             dots = store.elems[sub]
             dots.discard(dot)
-            if not dots:
-                del store.elems[sub]
-        if prune:
-            self._prune(path)
+            if dots:
+                return
+            del store.elems[sub]
+        self._prune(path)
 
     # -- join ------------------------------------------------------------------------------
 
@@ -265,8 +267,6 @@ class Document:
 
     def put(self, value: dict[str, Any], counter: DotCounter) -> Document:
         """Make the document equal to ``value`` with the finest-grained changes; the delta."""
-        from syncd.crdt.mutate import Change
-
         return Change(self, counter).put_document(value)
 
     def patch(self, ops: list[Any], counter: DotCounter) -> Document:
@@ -275,14 +275,10 @@ class Document:
         Raises :class:`~syncd.errors.PatchError` and leaves the document unchanged if any
         operation does not apply.
         """
-        from syncd.crdt.mutate import Change
-
         return Change(self, counter).patch(ops)
 
     def delete(self, counter: DotCounter) -> Document:
         """Delete the document (an empty delta if it does not exist)."""
-        from syncd.crdt.mutate import Change
-
         return Change(self, counter).delete_document()
 
     def _restore(self, snapshot: Document) -> None:
@@ -316,3 +312,5 @@ def atoms_under(doc: Document, path: FieldPath) -> list[Dot]:
 
 
 __all__ = ["AtomStore", "Document", "FieldPath", "Loc", "atoms_under"]
+
+from syncd.crdt.mutate import Change  # noqa: E402 - mutate builds on this module

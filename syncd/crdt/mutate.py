@@ -52,6 +52,18 @@ def _check_make_value(tag: str, value: Any) -> None:
         )
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """JSON equality (``1`` is not ``1.0`` nor ``true``), cheap for scalars."""
+    if type(a) is not type(b):
+        return False
+    if type(a) in _SCALARS:
+        return bool(a == b)
+    return canonical(a) == canonical(b)
+
+
 def _shown(doc: Document, path: FieldPath) -> str:
     return "/".join(name for name, _ in path) or "(document)"
 
@@ -226,7 +238,7 @@ class Change:
                 self._inc(path, by)
         elif tag == REGISTER and not isinstance(value, dict):
             self._remove_field(mp, name, keep=tag)
-            if len(st) == 1 and canonical(next(iter(st.values()))) == canonical(value):
+            if len(st) == 1 and _same_value(next(iter(st.values())), value):
                 return
             self._remove(list(st))
             self._add((path, None), value)

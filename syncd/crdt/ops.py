@@ -18,6 +18,7 @@ MAX_DEPTH = 32
 PathElem = str | int
 Path = tuple[PathElem, ...]
 TYPE_NAMES = ("text", "counter", "set", "list", "map", "register")
+_KINDS = ("make", "set", "del", "inc", "add", "remove", "insert", "delete")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,8 @@ def parse_op(i: int, raw: Any) -> Op:
     if not isinstance(raw, dict):
         raise InvalidOperation(f"ops[{i}] must be an object")
     kind = raw.get("op")
+    if kind not in _KINDS:
+        raise InvalidOperation(f"ops[{i}].op must be one of {', '.join(_KINDS)}")
     path = _path(i, raw)
     if kind == "make":
         t = _need(i, raw, "type")
@@ -163,9 +166,7 @@ def parse_op(i: int, raw: Any) -> Op:
         return Insert(path, index, list(raw["values"]))
     if kind == "delete":
         return Delete(path, _nonneg_int(i, raw, "index"), _nonneg_int(i, raw, "count"))
-    raise InvalidOperation(
-        f"ops[{i}].op must be one of make, set, del, inc, add, remove, insert, delete"
-    )
+    raise AssertionError(kind)  # unreachable: checked against _KINDS above
 
 
 def parse_ops(raw: Any) -> list[Op]:
