@@ -87,9 +87,15 @@ class Change:
         return d
 
     def _add(self, loc: Loc, value: Any = None) -> None:
-        d = self._fresh()
-        self.doc._add_atom(d, loc, value)
-        self.delta._add_atom(d, loc, value)
+        counter = self.counter
+        r, n = counter.replica, counter.next
+        counter.next = n + 1
+        d = (r, n)
+        doc, delta = self.doc, self.delta
+        doc.ctx.add(r, n)
+        delta.ctx.add(r, n)
+        doc._add_atom(d, loc, value)
+        delta._add_atom(d, loc, value)
         self.added = True
 
     def _remove(self, dots: list[Dot]) -> None:
@@ -331,7 +337,7 @@ class Change:
                 raise PatchError("the document itself must be an object", reason="type_mismatch")
             self._put_map((), op.value)
             return
-        if op.path and _is_int(op.path[-1]) and not isinstance(op, O.Insert | O.Delete):
+        if op.path and type(op.path[-1]) is int and not isinstance(op, O.Insert | O.Delete):
             self._apply_element(op)
             return
         if isinstance(op, O.Make):
