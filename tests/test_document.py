@@ -425,3 +425,17 @@ def test_delta_since_catches_up_any_older_state(seed: int) -> None:
         a.join(back)
     assert a == b
     assert a.ctx.includes(CausalContext()) and a.render() == b.render()
+
+
+def test_removal_seen_before_its_insert_still_converges_by_anti_entropy() -> None:
+    a, ca = fresh("A")
+    b = Document()
+    b.join(patch(a, ca, {"op": "make", "path": ["t"], "type": "text", "value": "ab"}))
+    patch(a, ca, {"op": "insert", "path": ["t"], "index": 2, "text": "cde"})  # lost on the way
+    b.join(patch(a, ca, {"op": "delete", "path": ["t"], "index": 3, "count": 1}))
+    patch(a, ca, {"op": "insert", "path": ["t"], "index": 3, "text": "X"})  # lost as well
+    catch_up = a.delta_since(b.ctx)
+    assert catch_up is not None
+    b.join(catch_up)
+    assert b.render() == a.render() == {"t": "abcXe"}
+    assert b == a

@@ -12,6 +12,7 @@ from typing import Any
 
 from syncd.crdt import ops as O
 from syncd.crdt import stores
+from syncd.crdt.context import CausalContext
 from syncd.crdt.diff import diff
 from syncd.crdt.document import Document, FieldPath, Loc, atoms_under
 from syncd.crdt.dots import Dot, DotCounter
@@ -110,14 +111,18 @@ class Change:
     def _kill_seq(self, path: FieldPath, ranges: list[tuple[str, int, int]]) -> None:
         if not ranges:
             return
+        # The removed nodes travel with the removal (dead, without values): a replica whose
+        # context gains these dots must hold their nodes too, or children of them that
+        # anti-entropy sends later could never be placed.
         delta = self.delta
+        removed = self.doc._seqs[path].seq.subset(ranges)
+        dsst = delta._seqs.get(path)
+        if dsst is None:
+            delta._ensure(path).seq = removed
+        else:
+            dsst.seq.join(removed, delta.ctx, CausalContext.from_ranges(ranges))
         for r, s, e in ranges:
             delta.ctx.add_range(r, s, e)
-        dsst = delta._seqs.get(path)
-        if dsst is not None:
-            from syncd.crdt.context import CausalContext
-
-            dsst.seq.kill(CausalContext.from_ranges(ranges))
 
     def _finish(self, existed: bool, create: bool = False) -> Document:
         """Apply the event-dot rule and return the delta.
@@ -153,8 +158,6 @@ class Change:
             dsst = delta._ensure(path)
             dsst.seq = piece
         else:
-            from syncd.crdt.context import CausalContext
-
             dsst.seq.join(piece, delta.ctx, CausalContext.from_ranges([(r, first, first + n - 1)]))
         self.doc.ctx.add_range(r, first, first + n - 1)
         delta.ctx.add_range(r, first, first + n - 1)
