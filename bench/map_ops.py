@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from syncd.crdt import Document, DotCounter, encode_document, parse_ops
+from syncd.gcpolicy import configure_gc
 
 
 def syncd_set_fields(n: int) -> tuple[float, Document, DotCounter]:
@@ -25,6 +26,15 @@ def syncd_set_fields(n: int) -> tuple[float, Document, DotCounter]:
     for o in ops:
         doc.patch(o, counter)
     return time.perf_counter() - t0, doc, counter
+
+
+def syncd_put_fields(n: int) -> float:
+    """All fields in one put (one delta)."""
+    doc, counter = Document(), DotCounter("bench-replica-a")
+    value = {f"field{i}": i for i in range(n)}
+    t0 = time.perf_counter()
+    doc.put(value, counter)
+    return time.perf_counter() - t0
 
 
 def pycrdt_set_fields(n: int) -> float | None:
@@ -95,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    configure_gc()  # as the daemon does
 
-    ours, theirs = [], []
+    ours, theirs, one_put = [], [], []
     for _ in range(args.repeat):
+        one_put.append(syncd_put_fields(args.fields))
         s, doc, counter = syncd_set_fields(args.fields)
         ours.append(s)
         t = pycrdt_set_fields(args.fields)
@@ -108,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "set_100k_s": round(statistics.median(ours), 4),
         "pycrdt_set_100k_s": round(statistics.median(theirs), 4) if theirs else None,
+        "put_100k_s": round(statistics.median(one_put), 4),
         "delta_bytes": delta_bytes,
         "delta_bytes_after_history": after,
         "pycrdt_delta_bytes_after_history": pycrdt_after,

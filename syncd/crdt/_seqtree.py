@@ -4,9 +4,9 @@ Three kinds of object:
 
 - :class:`Run`: nodes ``(rep, start) .. (rep, start + n - 1)``; the first is the ``side`` child
   of ``pdot`` (``None`` = the root), each later one the right child of the one before. Runs
-  never change shape except to grow at their end. ``kids`` holds, per counter of the run, the
-  runs placed as children of that node (sorted by dot); the implicit "next item of the run" is
-  not listed there.
+  never change shape except to grow at their end. ``kids`` holds, per counter ``c`` of the run,
+  the runs placed as right children of node ``c`` under key ``c`` and as left children under
+  key ``-c``, each list sorted by dot; the implicit "next item of the run" is not listed.
 - :class:`Piece`: a slice of one run that is contiguous in the document order and all live
   (``val`` is the ``str`` or ``list`` of its values) or all dead (``val is None``: dead values
   are dropped). A run's pieces, by counter, are ``run.pieces`` with starts ``run.pstarts``.
@@ -293,15 +293,13 @@ class SeqCore:
         """The first node, in document order, of the subtree of node ``(r, c)``."""
         while True:
             kids = r.kids
-            if kids is not None and c in kids:
-                for k in kids[c]:
-                    if not k.side:
-                        r, c = k, k.start
-                        break
-                else:
-                    return r, c
-            else:
+            if kids is None:
                 return r, c
+            left = kids.get(-c)
+            if not left:
+                return r, c
+            r = left[0]
+            c = r.start
 
     @staticmethod
     def _rightmost(r: Run, c: int) -> tuple[Run, int]:
@@ -312,11 +310,8 @@ class SeqCore:
             if not kids:
                 return r, end
             for cc in sorted(k for k in kids if k >= c):
-                m = None
-                for k in kids[cc]:
-                    if k.side:
-                        m = k  # sorted: the last right child is the greatest
-                if m is not None and (cc == end or (m.rep, m.start) > (r.rep, cc + 1)):
+                m = kids[cc][-1]  # the greatest right child of (r, cc)
+                if cc == end or (m.rep, m.start) > (r.rep, cc + 1):
                     r, c = m, m.start
                     break
             else:
@@ -364,34 +359,28 @@ class SeqCore:
         assert p is not None
         assert p.placed
         pc = pdot[1]
+        side = x.side
         kids = p.kids
         if kids is None:
             kids = p.kids = {}
-        lst = kids.get(pc)
+        slot = pc if side else -pc
+        lst = kids.get(slot)
         if lst is None:
-            lst = kids[pc] = [x]
+            lst = kids[slot] = [x]
+            i = 0
         else:
-            lst.insert(bisect_right(lst, key, key=_key), x)
-        side = x.side
-        nxt: tuple[Run, int] | None = None
-        prv: tuple[Run, int] | None = None
-        nk: tuple[str, int] | None = None
-        pk: tuple[str, int] | None = None
-        for k in lst:
-            if k.side is side and k is not x:
-                kk = (k.rep, k.start)
-                if kk > key:
-                    if nk is None or kk < nk:
-                        nk, nxt = kk, (k, k.start)
-                elif pk is None or kk > pk:
-                    pk, prv = kk, (k, k.start)
+            i = bisect_right(lst, key, key=_key)
+            lst.insert(i, x)
+        # The siblings around x on its side; a right child's include the run's next node.
+        nxt: tuple[Run, int] | None = (lst[i + 1], lst[i + 1].start) if i + 1 < len(lst) else None
+        prv: tuple[Run, int] | None = (lst[i - 1], lst[i - 1].start) if i else None
         if side and pc < p.start + p.n - 1:
             kk = (p.rep, pc + 1)
             if kk > key:
-                if nk is None or kk < nk:
-                    nk, nxt = kk, (p, pc + 1)
-            elif pk is None or kk > pk:
-                pk, prv = kk, (p, pc + 1)
+                if nxt is None or kk < (nxt[0].rep, nxt[1]):
+                    nxt = (p, pc + 1)
+            elif prv is None or kk > (prv[0].rep, prv[1]):
+                prv = (p, pc + 1)
         if nxt is not None:
             self._ins_before(*self._leftmost(*nxt), x.pieces)
         elif not side:
@@ -422,7 +411,7 @@ class SeqCore:
             and p.rep == x.rep
             and pc == x.start - 1
             and p.start + p.n == x.start
-            and (p.kids is None or pc not in p.kids)
+            and (p.kids is None or pc not in p.kids)  # no right child yet
         ):
             self._extend(p, x)
             return

@@ -76,6 +76,9 @@ class Ranges:
             starts.append(start)
             ends.append(end)
             return
+        if start == ends[-1] + 1:
+            ends[-1] = end
+            return
         # First range that could touch [start, end]: its end >= start - 1.
         i = bisect_left(ends, start - 1)
         # Ranges i..j-1 overlap or touch; j is the first whose start > end + 1.
@@ -220,7 +223,11 @@ class CausalContext:
         rs = self._by_replica.get(replica)
         if rs is None:
             rs = self._by_replica[replica] = Ranges()
-        rs.add_range(start, end)
+        ends = rs.ends
+        if ends and ends[-1] + 1 == start:
+            ends[-1] = end
+        else:
+            rs.add_range(start, end)
 
     def remove_range(self, replica: ReplicaId, start: int, end: int) -> None:
         rs = self._by_replica.get(replica)

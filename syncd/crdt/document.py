@@ -21,6 +21,7 @@ from typing import Any
 from syncd.crdt import stores
 from syncd.crdt.context import CausalContext
 from syncd.crdt.dots import Dot, DotCounter
+from syncd.crdt.sequence import Sequence
 from syncd.crdt.stores import (
     COUNTER,
     LIST,
@@ -132,6 +133,18 @@ class Document:
                     self._seqs[path[:depth]] = child
             store = child
         return store
+
+    def _put_seq(self, path: FieldPath, seq: Sequence) -> SeqStore:
+        """Place ``seq`` at ``path`` (which holds no sequence yet), creating maps on the way."""
+        name, tag = path[-1]
+        parent = self.root if len(path) == 1 else self._ensure(path[:-1])
+        sst = SeqStore(seq.is_text, seq)
+        variants = parent.fields.get(name)
+        if variants is None:
+            variants = parent.fields[name] = {}
+        variants[tag] = sst
+        self._seqs[path] = sst
+        return sst
 
     def _prune(self, path: FieldPath) -> None:
         """Remove empty stores from ``path`` upwards."""
@@ -255,7 +268,7 @@ class Document:
         for path, sst in self._seqs.items():
             part = sst.seq.restricted(seen)
             if not part.is_bottom():
-                out._ensure(path).seq = part
+                out._put_seq(path, part)
             for r, s, e in sst.seq.live_ranges():
                 ranges = seen.for_replica(r)
                 if ranges is not None:

@@ -118,7 +118,7 @@ class Change:
         removed = self.doc._seqs[path].seq.subset(ranges)
         dsst = delta._seqs.get(path)
         if dsst is None:
-            delta._ensure(path).seq = removed
+            delta._put_seq(path, removed)
         else:
             dsst.seq.join(removed, delta.ctx, CausalContext.from_ranges(ranges))
         for r, s, e in ranges:
@@ -149,14 +149,13 @@ class Change:
         sst: SeqStore = self.doc._seqs[path]
         n = len(items)
         counter = self.counter
-        first = counter.take(n)
-        piece = sst.seq.insert(index, items, counter.replica, first)
-        r = counter.replica
+        r, first = counter.replica, counter.next
+        counter.next = first + n
+        piece = sst.seq.insert(index, items, r, first)
         delta = self.delta
         dsst = delta._seqs.get(path)
         if dsst is None:
-            dsst = delta._ensure(path)
-            dsst.seq = piece
+            delta._put_seq(path, piece)
         else:
             dsst.seq.join(piece, delta.ctx, CausalContext.from_ranges([(r, first, first + n - 1)]))
         self.doc.ctx.add_range(r, first, first + n - 1)
@@ -317,11 +316,17 @@ class Change:
 
     def _existing(self, path: O.Path, tags: tuple[str, ...], what: str) -> FieldPath | None:
         """The shown variant of the field at ``path`` if it exists (checked against ``tags``)."""
-        loc = self._field(path, create=False)
-        if loc is None:
-            return None
-        mp, name = loc
-        variants = self.doc._store_at(mp).fields.get(name)
+        if len(path) == 1 and type(path[0]) is str:  # the common case, without the walk
+            mp: FieldPath = ()
+            name = path[0]
+            m = self.doc.root
+        else:
+            loc = self._field(path, create=False)
+            if loc is None:
+                return None
+            mp, name = loc
+            m = self.doc._store_at(mp)
+        variants = m.fields.get(name)
         w = stores.winner(variants) if variants else None
         if w is None:
             return None
@@ -335,56 +340,60 @@ class Change:
     # -- operations ----------------------------------------------------------------------
 
     def _apply(self, op: O.Op) -> None:
-        if isinstance(op, O.Set) and not op.path:
+        path = op.path
+        if path and type(path[-1]) is int and type(op) not in _SEQUENCE_OPS:
+            self._apply_element(op)
+        else:
+            _HANDLERS[type(op)](self, op)
+
+    def _apply_make(self, op: O.Make) -> None:
+        value = op.value if op.has_value else _DEFAULTS[op.type]
+        _check_make_value(op.type, value)
+        loc = self._field(op.path, create=True)
+        assert loc is not None
+        self._make(loc[0], loc[1], op.type, value)
+
+    def _apply_set(self, op: O.Set) -> None:
+        if not op.path:
             if not isinstance(op.value, dict):
                 raise PatchError("the document itself must be an object", reason="type_mismatch")
             self._put_map((), op.value)
             return
-        if op.path and type(op.path[-1]) is int and not isinstance(op, O.Insert | O.Delete):
-            self._apply_element(op)
-            return
-        if isinstance(op, O.Make):
-            value = op.value if op.has_value else _DEFAULTS[op.type]
-            _check_make_value(op.type, value)
+        loc = self._field(op.path, create=True)
+        assert loc is not None
+        self._put_field(loc[0], loc[1], op.value)
+
+    def _apply_del(self, op: O.Del) -> None:
+        loc = self._field(op.path, create=False)
+        if loc is not None:
+            self._remove_field(*loc)
+
+    def _apply_inc(self, op: O.Inc) -> None:
+        path = self._existing(op.path, (COUNTER,), "inc")
+        if path is None:
             loc = self._field(op.path, create=True)
             assert loc is not None
-            self._make(loc[0], loc[1], op.type, value)
-        elif isinstance(op, O.Set):
+            self._make(loc[0], loc[1], COUNTER, op.by)
+        elif op.by:
+            self._inc(path, op.by)
+
+    def _apply_add(self, op: O.Add) -> None:
+        path = self._existing(op.path, (SET,), "add")
+        if path is None:
             loc = self._field(op.path, create=True)
             assert loc is not None
-            self._put_field(loc[0], loc[1], op.value)
-        elif isinstance(op, O.Del):
-            loc = self._field(op.path, create=False)
-            if loc is not None:
-                self._remove_field(*loc)
-        elif isinstance(op, O.Inc):
-            path = self._existing(op.path, (COUNTER,), "inc")
-            if path is None:
-                loc = self._field(op.path, create=True)
-                assert loc is not None
-                self._make(loc[0], loc[1], COUNTER, op.by)
-            elif op.by:
-                self._inc(path, op.by)
-        elif isinstance(op, O.Add):
-            path = self._existing(op.path, (SET,), "add")
-            if path is None:
-                loc = self._field(op.path, create=True)
-                assert loc is not None
-                self._make(loc[0], loc[1], SET, [op.value])
-            else:
-                key = canonical(op.value)
-                st: SetStore = self.doc._store_at(path)
-                self._remove(list(st.elems.get(key, ())))
-                self._add((path, key))
-        elif isinstance(op, O.Remove):
-            path = self._existing(op.path, (SET,), "remove")
-            if path is not None:
-                st = self.doc._store_at(path)
-                self._remove(list(st.elems.get(canonical(op.value), ())))
-        elif isinstance(op, O.Insert):
-            self._apply_insert(op)
+            self._make(loc[0], loc[1], SET, [op.value])
         else:
-            self._apply_delete(op)
+            key = canonical(op.value)
+            st: SetStore = self.doc._store_at(path)
+            self._remove(list(st.elems.get(key, ())))
+            self._add((path, key))
+
+    def _apply_remove(self, op: O.Remove) -> None:
+        path = self._existing(op.path, (SET,), "remove")
+        if path is not None:
+            st: SetStore = self.doc._store_at(path)
+            self._remove(list(st.elems.get(canonical(op.value), ())))
 
     def _apply_insert(self, op: O.Insert) -> None:
         tag = TEXT if isinstance(op.items, str) else LIST
@@ -475,3 +484,16 @@ class Change:
         self._remove(list(doc.root.present))
         self._fresh()
         return self.delta
+
+
+_SEQUENCE_OPS = (O.Insert, O.Delete)
+_HANDLERS: dict[type, Any] = {
+    O.Make: Change._apply_make,
+    O.Set: Change._apply_set,
+    O.Del: Change._apply_del,
+    O.Inc: Change._apply_inc,
+    O.Add: Change._apply_add,
+    O.Remove: Change._apply_remove,
+    O.Insert: Change._apply_insert,
+    O.Delete: Change._apply_delete,
+}

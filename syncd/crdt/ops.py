@@ -18,10 +18,9 @@ MAX_DEPTH = 32
 PathElem = str | int
 Path = tuple[PathElem, ...]
 TYPE_NAMES = ("text", "counter", "set", "list", "map", "register")
-_KINDS = ("make", "set", "del", "inc", "add", "remove", "insert", "delete")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Make:
     path: Path
     type: str
@@ -29,36 +28,36 @@ class Make:
     has_value: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Set:
     path: Path
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Del:
     path: Path
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inc:
     path: Path
     by: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Add:
     path: Path
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Remove:
     path: Path
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insert:
     path: Path
     index: int
@@ -66,7 +65,7 @@ class Insert:
     """A str inserts text, a list inserts list values."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     path: Path
     index: int
@@ -96,10 +95,11 @@ def check_depth(value: Any, depth: int = 0) -> None:
 
 def _path(i: int, raw: dict[str, Any]) -> Path:
     p = raw.get("path")
-    if not isinstance(p, list):
+    if type(p) is not list:
         raise InvalidOperation(f"ops[{i}].path must be an array of field names and indexes")
     for e in p:
-        if not (isinstance(e, str) or (_is_int(e) and e >= 0)):
+        t = type(e)
+        if t is not str and (t is not int or e < 0):
             raise InvalidOperation(
                 f"ops[{i}].path elements must be strings or non-negative integers"
             )
@@ -115,58 +115,92 @@ def _need(i: int, raw: dict[str, Any], name: str) -> Any:
 
 
 def _nonneg_int(i: int, raw: dict[str, Any], name: str) -> int:
-    v = _need(i, raw, name)
-    if not _is_int(v) or v < 0:
+    v = raw.get(name)
+    if type(v) is not int or v < 0:
+        _need(i, raw, name)
         raise InvalidOperation(f"ops[{i}].{name} must be a non-negative integer")
-    return int(v)
+    return v
+
+
+def _parse_make(i: int, raw: dict[str, Any], path: Path) -> Op:
+    t = _need(i, raw, "type")
+    if t not in TYPE_NAMES:
+        raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
+    value = raw.get("value")
+    check_depth(value)
+    return Make(path, t, value, "value" in raw)
+
+
+def _parse_set(i: int, raw: dict[str, Any], path: Path) -> Op:
+    value = _need(i, raw, "value")
+    check_depth(value)
+    return Set(path, value)
+
+
+def _parse_del(i: int, raw: dict[str, Any], path: Path) -> Op:
+    return Del(path)
+
+
+def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
+    by = raw.get("by", 1)
+    if not _is_int(by):
+        raise InvalidOperation(f"ops[{i}].by must be an integer")
+    return Inc(path, by)
+
+
+def _parse_add(i: int, raw: dict[str, Any], path: Path) -> Op:
+    value = _need(i, raw, "value")
+    check_depth(value)
+    return Add(path, value)
+
+
+def _parse_remove(i: int, raw: dict[str, Any], path: Path) -> Op:
+    value = _need(i, raw, "value")
+    check_depth(value)
+    return Remove(path, value)
+
+
+def _parse_insert(i: int, raw: dict[str, Any], path: Path) -> Op:
+    index = _nonneg_int(i, raw, "index")
+    text = raw.get("text")
+    if type(text) is str and "values" not in raw:
+        return Insert(path, index, text)
+    has_text, has_values = "text" in raw, "values" in raw
+    if has_text == has_values:
+        raise InvalidOperation(f"ops[{i}] (insert) needs exactly one of 'text' or 'values'")
+    if has_text:
+        raise InvalidOperation(f"ops[{i}].text must be a string")
+    if not isinstance(raw["values"], list):
+        raise InvalidOperation(f"ops[{i}].values must be an array")
+    check_depth(raw["values"])
+    return Insert(path, index, list(raw["values"]))
+
+
+def _parse_delete(i: int, raw: dict[str, Any], path: Path) -> Op:
+    return Delete(path, _nonneg_int(i, raw, "index"), _nonneg_int(i, raw, "count"))
+
+
+_PARSERS = {
+    "make": _parse_make,
+    "set": _parse_set,
+    "del": _parse_del,
+    "inc": _parse_inc,
+    "add": _parse_add,
+    "remove": _parse_remove,
+    "insert": _parse_insert,
+    "delete": _parse_delete,
+}
 
 
 def parse_op(i: int, raw: Any) -> Op:
     """Parse one operation (``i`` is its position, for messages)."""
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         raise InvalidOperation(f"ops[{i}] must be an object")
     kind = raw.get("op")
-    if kind not in _KINDS:
-        raise InvalidOperation(f"ops[{i}].op must be one of {', '.join(_KINDS)}")
-    path = _path(i, raw)
-    if kind == "make":
-        t = _need(i, raw, "type")
-        if t not in TYPE_NAMES:
-            raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
-        value = raw.get("value")
-        check_depth(value)
-        return Make(path, t, value, "value" in raw)
-    if kind == "set":
-        value = _need(i, raw, "value")
-        check_depth(value)
-        return Set(path, value)
-    if kind == "del":
-        return Del(path)
-    if kind == "inc":
-        by = raw.get("by", 1)
-        if not _is_int(by):
-            raise InvalidOperation(f"ops[{i}].by must be an integer")
-        return Inc(path, by)
-    if kind in ("add", "remove"):
-        value = _need(i, raw, "value")
-        check_depth(value)
-        return Add(path, value) if kind == "add" else Remove(path, value)
-    if kind == "insert":
-        index = _nonneg_int(i, raw, "index")
-        has_text, has_values = "text" in raw, "values" in raw
-        if has_text == has_values:
-            raise InvalidOperation(f"ops[{i}] (insert) needs exactly one of 'text' or 'values'")
-        if has_text:
-            if not isinstance(raw["text"], str):
-                raise InvalidOperation(f"ops[{i}].text must be a string")
-            return Insert(path, index, raw["text"])
-        if not isinstance(raw["values"], list):
-            raise InvalidOperation(f"ops[{i}].values must be an array")
-        check_depth(raw["values"])
-        return Insert(path, index, list(raw["values"]))
-    if kind == "delete":
-        return Delete(path, _nonneg_int(i, raw, "index"), _nonneg_int(i, raw, "count"))
-    raise AssertionError(kind)  # unreachable: checked against _KINDS above
+    parser = _PARSERS.get(kind) if type(kind) is str else None
+    if parser is None:
+        raise InvalidOperation(f"ops[{i}].op must be one of {', '.join(_PARSERS)}")
+    return parser(i, raw, _path(i, raw))
 
 
 def parse_ops(raw: Any) -> list[Op]:

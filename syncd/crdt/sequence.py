@@ -214,9 +214,7 @@ class Sequence(SeqJoin):
         c = p.start + off
         kids = run.kids
         at = pi + 1
-        if c == run.start + run.n - 1 and (
-            kids is None or c not in kids or not any(k.side for k in kids[c])
-        ):
+        if c == run.start + run.n - 1 and (kids is None or c not in kids):
             if run.rep == replica and first == c + 1:
                 # Continue a's run (a ends its run, so it ends piece p, which is live).
                 if self.is_text:
@@ -246,13 +244,15 @@ class Sequence(SeqJoin):
         x.pieces = [piece]
         x.pstarts = [first]
         x.placed = True
+        # a had no right child / b no left child: x is the only child on its side.
+        slot = pc if side else -pc
         pk = prun.kids
         if pk is None:
-            prun.kids = {pc: [x]}
+            prun.kids = {slot: [x]}
         else:
-            lst = pk.get(pc)
+            lst = pk.get(slot)
             if lst is None:
-                pk[pc] = [x]
+                pk[slot] = [x]
             else:
                 lst.insert(bisect_right(lst, (replica, first), key=_key), x)
         self._index_run(x)

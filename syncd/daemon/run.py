@@ -38,6 +38,7 @@ from syncd.daemon.store import NoNetwork, Store
 from syncd.daemon.unixsock import bind_unix, short_address
 from syncd.daemon.watch import WatchHub
 from syncd.errors import SyncdError
+from syncd.gcpolicy import configure_gc, freeze_startup_objects
 from syncd.identity import Identity, ensure_private_dir, load_or_create_identity
 from syncd.paths import Paths
 
@@ -158,6 +159,7 @@ async def run_daemon(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+    configure_gc()
     notifier = Notifier(env)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         lock = InstanceLock(paths.lock_file)
@@ -212,6 +214,7 @@ async def _serve(
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(sock))
                 await probe_socket(paths.socket)
+                freeze_startup_objects()
                 log.info(
                     "syncd %s ready: device %s, socket %s",
                     __version__,
