@@ -218,6 +218,10 @@ class Change:
         """Put semantics for one field (see the contract's ``put``)."""
         m: MapStore = self.doc._store_at(mp)
         variants = m.fields.get(name) if m is not None else None
+        if type(value) is not dict and (not variants or variants.keys() == {REGISTER}):
+            # The common case, a plain value into a new field or a register: no type rules.
+            self._write_register(mp, name, variants[REGISTER] if variants else None, value)
+            return
         w = stores.winner(variants) if variants else None
         default = MAP if isinstance(value, dict) else REGISTER
         if w is None:
@@ -252,6 +256,15 @@ class Change:
             self._add((path, None), value)
         else:
             self._make(mp, name, default, value)
+
+    def _write_register(
+        self, mp: FieldPath, name: str, st: dict[Dot, Any] | None, value: Any
+    ) -> None:
+        if st:
+            if len(st) == 1 and _same_value(next(iter(st.values())), value):
+                return
+            self._remove(list(st))
+        self._add(((*mp, (name, REGISTER)), None), value)
 
     def _put_map(self, path: FieldPath, value: dict[str, Any]) -> None:
         m: MapStore = self.doc._store_at(path)
