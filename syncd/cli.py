@@ -2,8 +2,9 @@
 
 Exit status: 0 success; 1 the operation failed (the daemon's error, a missing document, a
 sync that timed out, a daemon that cannot start); 2 bad usage (unknown option, invalid JSON
-argument, mistyped device ID); 3 no daemon is listening on the socket. Errors are one line on
-stderr, ``syncd: ...``. docs/cli.md is the user's reference.
+argument, mistyped device ID); 3 no daemon is listening on the socket; 130 interrupted (except
+``watch``, which ends with 0 on SIGINT/SIGTERM). Errors are one line on stderr, ``syncd: ...``.
+``--json get`` prints the document itself. docs/cli.md is the user's reference.
 """
 
 from __future__ import annotations
@@ -44,14 +45,42 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
+    """``--home``, ``--socket``, ``--json``: documented before the command, tolerated after it."""
+    default: Any = argparse.SUPPRESS if after else None
+    p.add_argument(
+        "--home", metavar="DIR", default=default, help="instance directory (env SYNCD_HOME)"
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=default,
+        help="API socket to connect to (env SYNCD_SOCKET)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if after else False,
+        help="machine-readable output",
+    )
+
+
+class _SubParser(Parser):
+    """A command's parser: also accepts the global options (after the command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_options(self, after=True)
+
+
 def build_parser() -> Parser:
     """The argument parser of every command."""
     p = Parser(prog="syncd", description="Peer-to-peer sync daemon.")
     p.add_argument("--version", action="version", version=f"syncd {__version__}")
-    p.add_argument("--home", metavar="DIR", help="instance directory (env SYNCD_HOME)")
-    p.add_argument("--socket", metavar="PATH", help="API socket to connect to (env SYNCD_SOCKET)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    _global_options(p, after=False)
+    sub = p.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_SubParser
+    )
 
     c = sub.add_parser("init", help="create identity and config")
     c.add_argument("--name", help="device name (default: host name)")
@@ -97,19 +126,73 @@ def build_parser() -> Parser:
     c = sub.add_parser("sync", help="wait until connected peers have acknowledged")
     c.add_argument("ns", metavar="NS")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S")
-    c = sub.add_parser("folder", help="keep a folder in sync with a namespace")
-    c.add_argument("action", choices=["add", "ls", "rm"])
-    c.add_argument("args", nargs="*")
+    c = sub.add_parser("folder", help="keep a folder in sync with a namespace (not yet)")
+    folder = c.add_subparsers(
+        dest="folder_command", metavar="ACTION", required=True, parser_class=_SubParser
+    )
+    f = folder.add_parser("add", help="sync folder PATH with namespace NS")
+    f.add_argument("ns", metavar="NS")
+    f.add_argument("path", metavar="PATH")
+    folder.add_parser("ls", help="list synced folders")
+    f = folder.add_parser("rm", help="stop syncing the folder of namespace NS")
+    f.add_argument("ns", metavar="NS")
     return p
 
 
-def _json_arg(text: str, what: str) -> Any:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _json_arg(text: str, what: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    """Parse a JSON argument (``-``: stdin) that must be an object or an array."""
+    where = what
     if text == "-":
-        text = sys.stdin.read()
+        where = f"{what} (from stdin)"
+        text = _read_stdin(where)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise UsageError(f"{where} is not valid UTF-8 text")
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise UsageError(f"{where} is nested too deeply") from None
     except ValueError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+        raise UsageError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        expected = "a JSON object" if kind is dict else "a JSON array"
+        raise UsageError(f"{where} must be {expected}, not {_json_type(value)}")
+    return value
+
+
+def _read_stdin(where: str) -> str:
+    """All of stdin, decoded as strict UTF-8 (whatever the locale says)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (tests)
+        return sys.stdin.read()
+    try:
+        return bytes(buffer.read()).decode("utf-8-sig")  # a leading BOM is tolerated
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where} is not valid UTF-8: {exc}") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _device_name(text: str, option: str) -> str:
+    """A device name as config.toml accepts it: 1-256 printable characters."""
+    if not text.strip() or len(text) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise UsageError(f"{option} must be 1 to 256 printable characters, got {text!r}")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise UsageError(f"{option} is not valid UTF-8 text")
+    return text
 
 
 def _device(text: str) -> str:
@@ -127,11 +210,12 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd init``."""
     from syncd.daemon.run import prepare_home, write_initial_config
 
-    listen = args.listen or "0.0.0.0:7400"
+    listen = "0.0.0.0:7400" if args.listen is None else args.listen
     try:
         parse_listen(listen)
     except ValueError as exc:
         raise UsageError(f"--listen {listen!r}: {exc}") from None
+    name = default_name() if args.name is None else _device_name(args.name, "--name")
     if identity_exists(paths.state_dir):
         identity = load_identity(paths.state_dir)
         if args.json:
@@ -141,12 +225,10 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
             sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
         return EXIT_OK
     identity, _created = prepare_home(paths)
-    write_initial_config(paths, args.name or default_name(), listen)
+    write_initial_config(paths, name, listen)
     load_config(paths.config_file)  # prove the file we wrote is valid
     if args.json:
-        print_json(
-            {"device_id": identity.device_id, "created": True, "config": str(paths.config_file)}
-        )
+        print_json({"device_id": identity.device_id, "created": True})
     else:
         print(identity.device_id)
         sys.stderr.write(f"syncd: created identity in {paths.state_dir} and {paths.config_file}\n")
@@ -189,8 +271,37 @@ def cmd_id(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+class _Stop(Exception):
+    """SIGTERM while watching: end the stream like Ctrl-C does."""
+
+
+def _stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM end ``watch`` cleanly, even if SIGINT was ignored on entry
+    (a background job of a non-interactive shell starts with SIGINT ignored)."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_watch(args: argparse.Namespace, paths: Paths) -> int:
-    """``syncd watch``: one JSON line per change; resubscribes after an overflow."""
+    """``syncd watch``: one JSON line per change until SIGINT/SIGTERM (then exit 0);
+    resubscribes after an overflow."""
+    _stop_on_signals()
+    try:
+        return _watch(args, paths)
+    except (_Stop, KeyboardInterrupt):
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, paths: Paths) -> int:
     with _client(paths) as client:
         client.watch(args.ns, args.prefix, args.initial)
         for msg in client.notifications():
@@ -219,9 +330,11 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             except ValueError as exc:
                 raise UsageError(f"--addr {addr!r}: {exc}") from None
             addrs.append(addr)
-        params: dict[str, Any] = {"device_id": _device(args.device_id), "addresses": addrs}
-        if args.name:
-            params["name"] = args.name
+        params: dict[str, Any] = {"device_id": _device(args.device_id)}
+        if args.name is not None:
+            params["name"] = _device_name(args.name, "--name")
+        if addrs:  # without --addr, the addresses a trusted device already has are kept
+            params["addresses"] = addrs
         return "trust", params
     if cmd == "untrust":
         return "untrust", {"device_id": _device(args.device_id)}
@@ -233,9 +346,11 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["conflicts"] = True
         return "get", params
     if cmd == "put":
-        return "put", {"ns": args.ns, "key": args.key, "value": _json_arg(args.value, "JSON")}
+        value = _json_arg(args.value, "the document", dict)
+        return "put", {"ns": args.ns, "key": args.key, "value": value}
     if cmd == "patch":
-        return "patch", {"ns": args.ns, "key": args.key, "ops": _json_arg(args.ops, "OPS_JSON")}
+        ops = _json_arg(args.ops, "the operations", list)
+        return "patch", {"ns": args.ns, "key": args.key, "ops": ops}
     if cmd == "del":
         return "delete", {"ns": args.ns, "key": args.key}
     if cmd == "ls":
@@ -259,7 +374,9 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
     if args.command in LOCAL:
         return LOCAL[args.command](args, paths)
     if args.command == "folder":
-        raise SyncdError("`syncd folder` is not available in this version yet")
+        raise SyncdError(
+            f"`syncd folder {args.folder_command}` is not available in this version yet"
+        )
     method, params = request_for(args)  # usage errors win over a missing daemon
     with _client(paths) as client:
         result = client.call(method, **params)
@@ -283,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClientError, ConfigError, SyncdError) as exc:
         return _fail(exc, EXIT_FAILED)
     except KeyboardInterrupt:
+        sys.stderr.write("syncd: interrupted\n")
         return 130
     except BrokenPipeError:
         _silence_stdout()

@@ -78,14 +78,33 @@ def _namespaces(r: dict[str, Any]) -> str:
     return _table(rows, ["NAMESPACE", "DOCUMENTS", "SHARED WITH"])
 
 
+def _get(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """``get`` prints the document itself as JSON (indented, or one line with ``--json``).
+
+    With ``--conflicts`` it prints ``{"value": DOCUMENT, "conflicts": [{path, values}]}``
+    instead, so stdout is always one JSON value. A missing document: exit 1 with one line on
+    stderr (and ``null`` on stdout with ``--json``).
+    """
+    if not result.get("exists"):
+        if args.json:
+            print_json(None)
+        sys.stderr.write(f"syncd: no document {args.key!r} in namespace {args.ns!r}\n")
+        return 1
+    out: Any = result.get("value")
+    if args.conflicts:
+        out = {"value": out, "conflicts": result.get("conflicts") or []}
+    if args.json:
+        print_json(out)
+    else:
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    return 0
+
+
 def show(args: argparse.Namespace, result: Any) -> int:
     """Print ``result`` of ``args.command``; return the exit status."""
     cmd = args.command
-    if cmd == "get" and isinstance(result, dict) and not result.get("exists"):
-        if args.json:
-            print_json(result)
-        sys.stderr.write(f"syncd: no document {args.key!r} in namespace {args.ns!r}\n")
-        return 1
+    if cmd == "get" and isinstance(result, dict):
+        return _get(args, result)
     if cmd == "sync" and isinstance(result, dict) and result.get("pending"):
         if args.json:
             print_json(result)
@@ -107,15 +126,6 @@ def _human(cmd: str, args: argparse.Namespace, r: Any) -> str:
         return _peers(r)
     if cmd == "ns":
         return _namespaces(r)
-    if cmd == "get":
-        text = json.dumps(r["value"], indent=2, ensure_ascii=False, sort_keys=True)
-        if r.get("conflicts"):
-            text += "\nconflicts:\n" + "\n".join(
-                f"  {'/'.join(map(str, c['path']))}: "
-                + " | ".join(json.dumps(v, ensure_ascii=False) for v in c["values"])
-                for c in r["conflicts"]
-            )
-        return text
     if cmd == "ls":
         return "\n".join(r["keys"])
     if cmd == "sync":

@@ -22,7 +22,7 @@ from syncd.daemon.rpc import (
     RpcError,
     invalid_params,
 )
-from syncd.daemon.store import Network, Store
+from syncd.daemon.store import NamespaceInfo, Network, Store
 from syncd.errors import InvalidOperation, SyncdError
 
 log = logging.getLogger("syncd.api")
@@ -84,7 +84,8 @@ class Service:
         except RpcError:
             raise
         except InvalidOperation as exc:
-            raise invalid_params(str(exc), reason=exc.reason) from None
+            extra = {"param": "ops"} if method_name == "patch" else {}
+            raise invalid_params(str(exc), reason=exc.reason, **extra) from None
         except SyncdError as exc:
             raise RpcError(APPLICATION_ERROR, str(exc), reason=exc.reason) from None
         except trio.Cancelled:
@@ -100,10 +101,16 @@ async def _write(fn: Callable[[], Awaitable[Any]]) -> Any:
         return await fn()
 
 
+async def _visible_namespaces(svc: Service) -> list[NamespaceInfo]:
+    """Namespaces that have documents or are shared (not ones whose documents were all deleted,
+    nor ones only touched by a no-op such as deleting a missing document)."""
+    return [n for n in await svc.store.namespaces() if n.documents > 0 or n.devices]
+
+
 @method("status")
 async def _status(svc: Service, session: Session, p: Params) -> Any:
     p.done()
-    namespaces = await svc.store.namespaces()
+    namespaces = await _visible_namespaces(svc)
     return {
         "device_id": svc.device_id,
         "name": svc.name(),
@@ -204,6 +211,13 @@ async def _trust(svc: Service, session: Session, p: Params) -> Any:
     p.done()
     if device_id == svc.device_id:
         raise invalid_params("cannot trust this device itself", param="device_id")
+    # Trusting again updates what is given and keeps the rest (a new name keeps the addresses).
+    known = next((d for d in await svc.store.devices() if d.device_id == device_id), None)
+    if known is not None:
+        if name is None:
+            name = known.name
+        if not p.has("addresses"):
+            addresses = list(known.addresses)
     await _write(lambda: svc.store.trust(device_id, name, addresses))
     return {"ok": True}
 
@@ -240,7 +254,7 @@ async def _namespaces(svc: Service, session: Session, p: Params) -> Any:
     return {
         "namespaces": [
             {"ns": n.ns, "devices": list(n.devices), "documents": n.documents}
-            for n in await svc.store.namespaces()
+            for n in await _visible_namespaces(svc)
         ]
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from syncd.config import parse_listen
@@ -22,6 +23,12 @@ class Params:
         self._seen.add(name)
         return self._params.get(name)
 
+    def _required(self, name: str, what: str) -> Any:
+        value = self._get(name)
+        if value is None:
+            raise invalid_params(f"param {name!r} is required ({what})", param=name)
+        return value
+
     def has(self, name: str) -> bool:
         """Whether ``name`` is present (and not null)."""
         return self._params.get(name) is not None
@@ -34,7 +41,7 @@ class Params:
 
     def name(self, name: str, *, allow_empty: bool = False) -> str:
         """A namespace or key: a non-empty string of valid Unicode, no NUL, <= 1024 UTF-8 bytes."""
-        value = self._get(name)
+        value = self._required(name, "a string")
         if not isinstance(value, str):
             raise invalid_params(f"param {name!r} must be a string", param=name)
         if not value and not allow_empty:
@@ -85,17 +92,19 @@ class Params:
         return value
 
     def object(self, name: str) -> dict[str, Any]:
-        """A JSON object."""
-        value = self._get(name)
+        """A JSON object whose strings are all valid Unicode."""
+        value = self._required(name, "a JSON object")
         if not isinstance(value, dict):
             raise invalid_params(f"param {name!r} must be a JSON object", param=name)
+        _check_unicode(value, name)
         return value
 
     def array(self, name: str) -> list[Any]:
-        """A JSON array."""
-        value = self._get(name)
+        """A JSON array whose strings are all valid Unicode."""
+        value = self._required(name, "an array")
         if not isinstance(value, list):
             raise invalid_params(f"param {name!r} must be an array", param=name)
+        _check_unicode(value, name)
         return value
 
     def opt_text(self, name: str) -> str | None:
@@ -103,13 +112,21 @@ class Params:
         value = self._get(name)
         if value is None:
             return None
-        if not isinstance(value, str) or not value.strip() or len(value) > 256:
-            raise invalid_params(f"param {name!r} must be a non-empty string", param=name)
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > 256
+            or any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value)
+        ):
+            raise invalid_params(
+                f"param {name!r} must be a non-empty string of at most 256 printable characters",
+                param=name,
+            )
         return value
 
     def device_id(self, name: str) -> str:
         """A device ID, checked with its check characters; returns the canonical form."""
-        value = self._get(name)
+        value = self._required(name, "a device ID string")
         if not isinstance(value, str):
             raise invalid_params(f"param {name!r} must be a device ID string", param=name)
         return _device(value, name)
@@ -147,6 +164,23 @@ class Params:
                 ) from None
             out.append(item)
         return out
+
+
+def _check_unicode(value: Any, name: str) -> None:
+    """Reject strings that cannot be stored as UTF-8 (lone surrogates such as ``"\\udcff"``).
+
+    They are valid JSON escapes but not Unicode text; caught here, before the write reaches the
+    store, they are a -32602 of this request alone.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_params(
+            f"param {name!r} contains a string that is not valid Unicode (a lone surrogate)",
+            param=name,
+        ) from None
+    except (TypeError, ValueError, RecursionError):
+        pass  # not our concern here; the method's own checks report it
 
 
 def _device(value: str, name: str) -> str:
