@@ -99,6 +99,9 @@ def test_bad_config_names_key_and_file(home: Path) -> None:
         err = d.stderr()
         assert "api.max_line_bytes" in err
         assert str(home / "config.toml") in err
+        # Nothing was created on the way: the error is the only line.
+        assert len(err.strip().splitlines()) == 1
+        assert not any(p.name != "config.toml" and "lock" not in p.name for p in home.iterdir())
     finally:
         d.close()
 

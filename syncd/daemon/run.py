@@ -169,6 +169,8 @@ async def run_daemon(
             except OSError as exc:
                 raise DaemonError(f"cannot create {paths.state_dir}: {exc.strerror}") from None
             lock.acquire()
+            if paths.config_file.exists():
+                load_config(paths.config_file)  # a bad file stops us before anything is created
             identity, created = prepare_home(paths)
             if created:
                 log.info("created identity %s in %s", identity.device_id, paths.state_dir)
