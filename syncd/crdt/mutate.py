@@ -127,18 +127,15 @@ class Change:
     def _finish(self, existed: bool, create: bool = False) -> Document:
         """Apply the event-dot rule and return the delta.
 
-        A document that did not exist gets a ``present`` dot when the change creates it; a
-        change that added no dot refreshes ``present`` (or, if the document does not exist,
-        takes a dot that only its context records), so every delta carries a fresh dot.
+        A document that did not exist gets a ``present`` dot when the change creates it. A
+        change that added no dot to any store (only removals) takes a fresh dot that only the
+        contexts record: a peer that missed the change lacks that dot, which is how
+        anti-entropy finds the document to resend (``Document.delta_since``).
         """
         if not existed and (self.added or create):
             self._add(((), PRESENT))
         elif not self.added and self.delta.ctx:
-            if existed:
-                self._remove(list(self.doc.root.present))
-                self._add(((), PRESENT))
-            else:
-                self._fresh()
+            self._fresh()
         return self.delta
 
     # -- sequences ---------------------------------------------------------------------------
