@@ -316,6 +316,8 @@ class Change:
         return mp
 
     def _field(self, path: O.Path, create: bool) -> tuple[FieldPath, str] | None:
+        if len(path) == 1 and type(path[0]) is str:  # a top-level field: nothing to walk
+            return ((), path[0])
         if not path:
             raise PatchError("this operation needs a field path", reason="invalid_path")
         name = path[-1]
