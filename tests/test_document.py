@@ -439,3 +439,29 @@ def test_removal_seen_before_its_insert_still_converges_by_anti_entropy() -> Non
     b.join(catch_up)
     assert b.render() == a.render() == {"t": "abcXe"}
     assert b == a
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 2**32), st.booleans())
+def test_text_and_list_fields_behave_like_python_str_and_list(seed: int, is_text: bool) -> None:
+    rng = random.Random(seed)
+    doc, c = fresh("A")
+    model: Any = "" if is_text else []
+    patch(doc, c, {"op": "make", "path": ["s"], "type": "text" if is_text else "list"})
+    for _ in range(40):
+        n = len(model)
+        if n and rng.random() < 0.4:
+            i = rng.randrange(n)
+            k = rng.randint(1, n - i)
+            patch(doc, c, {"op": "delete", "path": ["s"], "index": i, "count": k})
+            model = model[:i] + model[i + k :]
+        else:
+            i = rng.randint(0, n)
+            if is_text:
+                piece: Any = rng.choice(["a", "bc", "déf", "\n"])
+                patch(doc, c, {"op": "insert", "path": ["s"], "index": i, "text": piece})
+            else:
+                piece = [rng.randint(0, 9) for _ in range(rng.randint(1, 3))]
+                patch(doc, c, {"op": "insert", "path": ["s"], "index": i, "values": piece})
+            model = model[:i] + piece + model[i:]
+        assert doc.render() == {"s": model}
