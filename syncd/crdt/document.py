@@ -122,10 +122,10 @@ class Document:
         """The store at ``path``, creating empty stores (maps on the way) where missing."""
         if len(path) == 1:  # a top-level field: most writes
             name, tag = path[0]
-            fields = self.root.fields
-            variants = fields.get(name)
+            top: dict[str, dict[str, Any]] = self.root.fields
+            variants: dict[str, Any] | None = top.get(name)
             if variants is None:
-                variants = fields[name] = {}
+                variants = top[name] = {}
             child = variants.get(tag)
             if child is None:
                 child = variants[tag] = stores.new_store(tag)
@@ -134,14 +134,14 @@ class Document:
             return child
         store: Any = self.root
         for depth, (name, tag) in enumerate(path, 1):
-            fields = store.fields
+            fields: dict[str, dict[str, Any]] = store.fields
             variants = fields.get(name)
             if variants is None:
                 variants = fields[name] = {}
             child = variants.get(tag)
             if child is None:
                 child = variants[tag] = stores.new_store(tag)
-                if tag is TEXT or tag is LIST or tag in _SEQ_TAGS:
+                if tag in _SEQ_TAGS:
                     self._seqs[path[:depth]] = child
             store = child
         return store
