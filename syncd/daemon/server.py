@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class Connection:
         self._pump_scopes: set[trio.CancelScope] = set()
         self._subs_stopped = False
         self._in_flight = trio.Semaphore(limits.max_in_flight)
+        self._lines: deque[bytes | None] = deque()
         self._send: trio.MemorySendChannel[bytes] | None = None
         self._work: trio.Nursery | None = None
 
@@ -98,7 +100,10 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until EOF, an I/O error, or :meth:`stop`."""
-        send, recv = trio.open_memory_channel[bytes](32)
+        # Room for every in-flight request's response (plus notifications): a batch of
+        # completions queues its responses without blocking, and the writer sends them in one
+        # write instead of waking blocked senders one by one.
+        send, recv = trio.open_memory_channel[bytes](self.limits.max_in_flight + 32)
         try:
             async with trio.open_nursery() as conn:
                 conn.start_soon(self._writer, recv, conn.cancel_scope)
@@ -127,11 +132,28 @@ class Connection:
             if not data:
                 return
             for line in splitter.feed(data):
-                await self._in_flight.acquire()
-                if line is None:
-                    work.start_soon(self._too_long)
-                else:
-                    work.start_soon(self._handle_line, line)
+                # No scheduler round per line unless the in-flight limit is reached; the order
+                # of requests is kept by _next_line.
+                try:
+                    self._in_flight.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._in_flight.acquire()
+                self._lines.append(line)
+                work.start_soon(self._next_line)
+
+    async def _next_line(self) -> None:
+        """Handle the oldest line not yet taken.
+
+        Tasks started in one scheduler round may run in any order, so a task is not bound to
+        a line when started: each takes the oldest one when it first runs, and runs until its
+        request reaches the store without yielding, so the requests of one connection reach
+        the store in the order they were sent (a put followed by a get sees the put).
+        """
+        line = self._lines.popleft()
+        if line is None:
+            await self._too_long()
+        else:
+            await self._handle_line(line)
 
     async def _too_long(self) -> None:
         try:
@@ -149,6 +171,15 @@ class Connection:
         assert self._send is not None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._send.send(data)
+
+    async def _respond(self, data: bytes) -> None:
+        """Queue a response; without a checkpoint unless the outgoing queue is full."""
+        assert self._send is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            try:
+                self._send.send_nowait(data)
+            except trio.WouldBlock:
+                await self._send.send(data)
 
     async def _handle_line(self, line: bytes) -> None:
         announcements: list[trio.Event] = []
@@ -174,7 +205,7 @@ class Connection:
                     log.exception("cannot encode a response")
                     err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
                     data = encode(error_object(None, err))
-                await self._emit(data)
+                await self._respond(data)
         finally:
             for event in announcements:
                 event.set()

@@ -104,11 +104,15 @@ class AsyncReplica:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[[Store], T]) -> T:
-        """Run ``fn(store)`` on the writer thread; return once its batch has committed."""
+    async def call(self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None) -> T:
+        """Run ``fn(store)`` on the writer thread; return once its batch has committed.
+
+        ``doc``: the ``(ns, key)`` that ``fn`` writes, if known (lets the writer load the
+        documents of a batch together).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
-        request = Request(fn, self._sink, task)
+        request = Request(fn, self._sink, task, doc)
         self._writer.submit(request)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
@@ -121,13 +125,18 @@ class AsyncReplica:
     def _deliver(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
     ) -> None:
+        reschedule = trio.lowlevel.reschedule
         for request, result in done:
             if not request.abandoned:
-                trio.lowlevel.reschedule(request.waiter, result)
+                reschedule(request.waiter, result)
+        if not changes:
+            return
+        subs = list(self._subscriptions)
+        listeners = self._listeners
         for change in changes:
-            for sub in list(self._subscriptions):
+            for sub in subs:
                 sub._offer(change)
-            for listener in self._listeners:
+            for listener in listeners:
                 listener(change)
 
     def subscribe(
@@ -164,15 +173,15 @@ class AsyncReplica:
 
     async def put(self, ns: str, key: str, value: dict[str, Any]) -> Change:
         """Make the document equal to ``value``; returns once durable."""
-        return await self.call(lambda s: s.apply_local(ns, key, Put(value)))
+        return await self.call(lambda s: s.apply_local(ns, key, Put(value)), (ns, key))
 
     async def patch(self, ns: str, key: str, ops: list[Any]) -> Change:
         """Apply the JSON ``ops`` atomically; returns once durable."""
-        return await self.call(lambda s: s.apply_local(ns, key, Patch(ops)))
+        return await self.call(lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key))
 
     async def delete(self, ns: str, key: str) -> Change:
         """Delete the document (``change.existed`` tells whether it existed)."""
-        return await self.call(lambda s: s.apply_local(ns, key, Delete()))
+        return await self.call(lambda s: s.apply_local(ns, key, Delete()), (ns, key))
 
     async def list_keys(self, ns: str, prefix: str = "") -> list[str]:
         """Keys of the existing documents of ``ns`` starting with ``prefix``, sorted."""

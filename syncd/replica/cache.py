@@ -28,6 +28,10 @@ class LRUCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is cached (without marking it used)."""
+        return key in self._data
+
     @property
     def weight(self) -> int:
         """The total weight held."""

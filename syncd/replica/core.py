@@ -10,7 +10,7 @@ import fcntl
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -22,15 +22,23 @@ from syncd.replica.cache import LRUCache
 from syncd.replica.errors import (
     CorruptDatabaseError,
     DatabaseLockedError,
+    InvalidKeyError,
     StoreError,
 )
 from syncd.replica.model import (
     Change,
+    check_name,
 )
 
 T = TypeVar("T")
 DEFAULT_CACHE_ITEMS = 4096
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+PREFETCH_CHUNK = 64
+_PREFETCH_SQL = (
+    "SELECT key, doc_id, state FROM docs WHERE ns_id = ? AND key IN ("
+    + ", ".join("?" * PREFETCH_CHUNK)
+    + ")"
+)
 
 
 def new_replica_id() -> str:
@@ -53,7 +61,7 @@ class NamespaceState:
 
 
 class DocEntry:
-    __slots__ = ("dirty", "doc", "doc_id", "key", "ns", "stored_live")
+    __slots__ = ("dirty", "doc", "doc_id", "fresh", "key", "ns", "stored_live")
 
     def __init__(self, ns: NamespaceState, key: str, doc: Document, doc_id: int | None) -> None:
         self.ns = ns
@@ -62,6 +70,8 @@ class DocEntry:
         self.doc_id = doc_id
         self.stored_live = doc.exists() if doc_id is not None else None
         self.dirty: dict[str, list[ranges.Span]] = {}
+        self.fresh: list[ranges.Span] = []
+        """Spans of this store's own dots that the document did not hold before this batch."""
 
 
 class StoreCore:
@@ -280,6 +290,56 @@ class StoreCore:
             self._cache.put(ck, entry, 64)
         return entry
 
+    def prefetch(self, docs: Iterable[tuple[str, str]]) -> None:
+        """Load the documents ``(ns, key)`` that are not loaded yet, a few per query.
+
+        A hint, called between batches by the writer with the documents its next batch will
+        write: one query per :data:`PREFETCH_CHUNK` documents instead of one each (and one
+        release of the GIL instead of one per document). Keys found nowhere are remembered as
+        new documents, as a write would; errors are left for the writes themselves to meet.
+        """
+        if self._batch or self.closed:
+            return
+        wanted: dict[int, tuple[NamespaceState, list[str]]] = {}
+        seen: set[tuple[int, str]] = set()
+        room = self._cache.max_items // 2  # never evict what this batch is about to use
+        for ns, key in docs:
+            if len(seen) >= room:
+                break
+            nss = self._namespaces.get(ns) if type(ns) is str else None
+            if nss is None or type(key) is not str:
+                continue
+            ck = (nss.ns_id, key)
+            if ck in seen or ck in self._dirty or ck in self._cache:
+                continue
+            try:
+                check_name("key", key)
+            except InvalidKeyError:
+                continue
+            seen.add(ck)
+            wanted.setdefault(nss.ns_id, (nss, []))[1].append(key)
+        try:
+            for nss, keys in wanted.values():
+                for start in range(0, len(keys), PREFETCH_CHUNK):
+                    self._prefetch_chunk(nss, keys[start : start + PREFETCH_CHUNK])
+        except sqlite3.Error:
+            return
+
+    def _prefetch_chunk(self, nss: NamespaceState, keys: list[str]) -> None:
+        pad = [keys[0]] * (PREFETCH_CHUNK - len(keys))  # one statement text for any count
+        rows = self._conn.execute(_PREFETCH_SQL, (nss.ns_id, *keys, *pad)).fetchall()
+        found = set()
+        for key, doc_id, state in rows:
+            found.add(key)
+            try:
+                doc = decode_document(state)
+            except CodecError:
+                continue  # the write that loads it reports the damage
+            self._cache.put((nss.ns_id, key), DocEntry(nss, key, doc, doc_id), len(state))
+        for key in keys:
+            if key not in found:
+                self._cache.put((nss.ns_id, key), DocEntry(nss, key, Document(), None), 64)
+
     def _entry_by_id(self, nss: NamespaceState, doc_id: int) -> DocEntry:
         (key, state), *_ = self._query("SELECT key, state FROM docs WHERE doc_id = ?", (doc_id,))
         ck = (nss.ns_id, key)
@@ -309,6 +369,23 @@ class StoreCore:
             nss.counter = DotCounter(self.replica_id, row[1])
             nss.stored_next = row[1]
         return nss.counter
+
+    def _record_taken(self, entry: DocEntry, lo: int, hi: int) -> None:
+        """Note a local change that took this store's dots ``lo..hi``, for :meth:`_flush`.
+
+        A local delta's context holds the dots it took plus those of the content it removed
+        or overwrote; the latter are already in the document's context, so in the namespace
+        context and the dot index too. Only the taken dots are new, and no row of either
+        table ends inside a range made of them alone.
+        """
+        nss = entry.ns
+        replica = self.replica_id
+        self._ctx(nss).add_range(replica, lo, hi)
+        span = (lo, hi)
+        nss.dirty.setdefault(replica, []).append(span)
+        entry.dirty.setdefault(replica, []).append(span)
+        entry.fresh.append(span)
+        self._dirty[(nss.ns_id, entry.key)] = entry
 
     def _record(self, entry: DocEntry, delta: Document) -> None:
         """Note what a joined or local delta changed, for :meth:`_flush`."""
@@ -350,8 +427,15 @@ class StoreCore:
             for replica, spans in entry.dirty.items():
                 rs = doc.ctx.for_replica(replica)
                 assert rs is not None
-                index.add(nss.rids[replica], entry.doc_id, ranges.covering(rs, spans), fresh)
+                index.add(
+                    nss.rids[replica],
+                    entry.doc_id,
+                    ranges.covering(rs, spans),
+                    fresh,
+                    entry.fresh if replica == self.replica_id else (),
+                )
             entry.dirty.clear()
+            entry.fresh.clear()
             self._cache.put(ck, entry, len(state))
         self._dirty.clear()
         if inserts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from syncd.crdt import CausalContext, Ranges, decode_document
 from syncd.errors import CodecError
@@ -44,15 +44,24 @@ class IndexWrites:
         self.deletes: list[tuple[int, int, int, int]] = []
         self.inserts: list[tuple[int, int, int, int]] = []
 
-    def add(self, rid: int, doc_id: int, merged: Iterable[Span], fresh: bool) -> None:
+    def add(
+        self,
+        rid: int,
+        doc_id: int,
+        merged: Iterable[Span],
+        fresh: bool,
+        new: Sequence[Span] = (),
+    ) -> None:
         """Replace the rows of one document swallowed by each merged range.
 
         A dot belongs to one document only, so the rows of ``rid`` whose end lies in a range
         of this document's context are this document's own: the range scan touches no others.
-        A ``fresh`` document has no rows yet.
+        A ``fresh`` document has no rows yet; nor has any row of it an end inside one of the
+        ``new`` spans (dots the document did not hold before), so a merged range lying inside
+        one needs no delete.
         """
         for lo, hi in merged:
-            if not fresh:
+            if not fresh and not any(a <= lo and hi <= b for a, b in new):
                 self.deletes.append((rid, lo, hi, doc_id))
             self.inserts.append((rid, hi, lo, doc_id))
 

@@ -54,7 +54,8 @@ class Store(StoreCore):
         Outside a batch it returns after the change is committed; inside one, :meth:`commit`
         makes it durable. A patch that does not apply raises and changes nothing.
         """
-        check_name("namespace", ns)
+        if type(ns) is not str or ns not in self._namespaces:  # known ones were checked
+            check_name("namespace", ns)
         check_name("key", key)
         ops = parse_ops(write.ops) if isinstance(write, Patch) else None
         if isinstance(write, Put) and not isinstance(write.value, dict):
@@ -85,8 +86,12 @@ class Store(StoreCore):
             counter.next = before
             self.poisoned = False
             raise
-        self._record(entry, delta)
         taken = (before, counter.next - 1) if counter.next > before else None
+        if taken is not None:
+            self._record_taken(entry, *taken)
+        elif not delta.is_bottom():
+            self._record(entry, delta)
+        # else: nothing changed (e.g. a put of the current value): nothing to write.
         change = Change(ns, key, doc.render(), LOCAL, existed, delta, taken)
         self._changes.append(change)
         self.poisoned = False
@@ -182,7 +187,9 @@ class Store(StoreCore):
         """A copy of the stored document state (None if never stored)."""
         nss = self._namespace(check_name("namespace", ns), create=False)
         entry = self._entry(nss, check_name("key", key), create=False) if nss else None
-        return None if entry is None else entry.doc.copy()
+        if entry is None or (entry.doc_id is None and entry.doc.is_bottom()):
+            return None
+        return entry.doc.copy()
 
     def list_keys(self, ns: str, prefix: str = "") -> list[str]:
         """The keys of existing documents of ``ns`` starting with ``prefix``, sorted."""

@@ -48,13 +48,21 @@ class Sink(Protocol):
 class Request:
     """One unit of work for the writer: ``fn(store)``; its outcome goes to ``sink``."""
 
-    __slots__ = ("abandoned", "fn", "sink", "waiter")
+    __slots__ = ("abandoned", "doc", "fn", "sink", "waiter")
 
-    def __init__(self, fn: Callable[[Store], Any], sink: Sink, waiter: Any = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Store], Any],
+        sink: Sink,
+        waiter: Any = None,
+        doc: tuple[str, str] | None = None,
+    ) -> None:
         self.fn = fn
         self.sink = sink
         self.waiter = waiter
         """Whatever the sink needs to wake the caller (a trio task, an event)."""
+        self.doc = doc
+        """``(ns, key)`` of the document ``fn`` writes, if known: a hint to load it early."""
         self.abandoned = False
         """Set by a caller that stopped waiting; the request may still run."""
 
@@ -169,6 +177,10 @@ class Writer:
         store = self.store
         self.stats.batches += 1
         done: list[tuple[Request, outcome.Outcome[Any]]] = []
+        if len(batch) > 1:
+            docs = [req.doc for req in batch if req.doc is not None]
+            if len(docs) > 1:
+                store.prefetch(docs)  # a few queries instead of one per document not loaded
         store.begin()
         for i, req in enumerate(batch):
             result = outcome.capture(req.fn, store)
