@@ -488,6 +488,33 @@ def test_framing_and_request_errors(conn: Conn) -> None:
     assert conn.result("list", ns="n", prefix="zzz") == {"keys": []}
 
 
+def test_pipelined_requests_take_effect_in_order(conn: Conn) -> None:
+    """Writes and reads pipelined on one connection apply in the order they were sent."""
+    lines = []
+    for i in range(60):
+        lines.append(
+            {
+                "jsonrpc": "2.0",
+                "id": f"w{i}",
+                "method": "put",
+                "params": {"ns": "order", "key": "k", "value": {"n": i}},
+            }
+        )
+        lines.append(
+            {
+                "jsonrpc": "2.0",
+                "id": f"r{i}",
+                "method": "get",
+                "params": {"ns": "order", "key": "k"},
+            }
+        )
+    conn.send(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+    got = {m["id"]: m for m in (conn.recv() for _ in range(len(lines)))}
+    for i in range(60):
+        assert got[f"w{i}"]["result"] == {"ok": True}
+        assert got[f"r{i}"]["result"] == {"exists": True, "value": {"n": i}}
+
+
 @pytest.mark.parametrize(
     ("method", "params", "param"),
     [
