@@ -131,3 +131,31 @@ def test_patch_delta_decodes_for_a_nested_text() -> None:
         parse_ops([{"op": "make", "path": ["m", "t"], "type": "text", "value": "héllo"}]), c
     )
     assert decode_document(encode_document(d)) == d
+
+
+def test_encoding_does_not_depend_on_key_insertion_order() -> None:
+    a, c = Document(), DotCounter("a")
+    a.patch(
+        parse_ops(
+            [
+                {
+                    "op": "make",
+                    "path": ["r"],
+                    "type": "register",
+                    "value": {"bb": 1, "a": [{"z": 1, "y": 2}]},
+                },
+                {"op": "add", "path": ["s"], "value": {"k2": 1, "k1": 2}},
+                {"op": "set", "path": ["zz"], "value": 1},
+                {"op": "set", "path": ["a"], "value": 2},
+            ]
+        ),
+        c,
+    )
+    b = Document()
+    b.join(decode_document(encode_document(a)))
+    # same state, fields and values inserted in another order
+    b.root.fields = dict(reversed(list(b.root.fields.items())))
+    (dot,) = b.root.fields["r"]["register"]
+    b.root.fields["r"]["register"][dot] = {"a": [{"y": 2, "z": 1}], "bb": 1}
+    assert b == a
+    assert encode_document(b) == encode_document(a)
