@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from syncd.gcpolicy import configure_gc
 from syncd.replica import Put, Store, Writer, open_replica
 
 TARGETS = {
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    configure_gc()  # the daemon's collector policy
     if args.child:
         print(json.dumps(open_and_read(args.child, args.docs)))
         return
