@@ -159,3 +159,21 @@ def test_encoding_does_not_depend_on_key_insertion_order() -> None:
     b.root.fields["r"]["register"][dot] = {"a": [{"y": 2, "z": 1}], "bb": 1}
     assert b == a
     assert encode_document(b) == encode_document(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.data())
+def test_any_delta_that_decodes_joins_without_crashing(seed: int, data: st.DataObject) -> None:
+    """A peer's bytes that pass the decoder are safe to join: no exception, state still encodes."""
+    doc, deltas = sample_document(seed, steps=10)
+    target, _ = sample_document(seed + 1, steps=10)
+    raw = bytearray(encode_document(data.draw(st.sampled_from([doc, *deltas]))))
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        hostile = decode_document(bytes(raw))
+    except CodecError:
+        return
+    target.join(hostile)
+    target.render()
+    decode_document(encode_document(target))
