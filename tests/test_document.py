@@ -465,3 +465,44 @@ def test_text_and_list_fields_behave_like_python_str_and_list(seed: int, is_text
                 patch(doc, c, {"op": "insert", "path": ["s"], "index": i, "values": piece})
             model = model[:i] + piece + model[i:]
         assert doc.render() == {"s": model}
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 2**32))
+def test_multi_edit_patches_are_atomic_without_a_snapshot(seed: int) -> None:
+    """Patches made only of inserts and deletes are checked up front: all or nothing."""
+    rng = random.Random(seed)
+    doc, c = fresh("A")
+    doc.put({"n": 1}, c)
+    patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "hello"})
+    patch(doc, c, {"op": "make", "path": ["l"], "type": "list", "value": [1, 2]})
+    for _ in range(6):
+        ops: list[dict[str, Any]] = []
+        for _ in range(rng.randint(2, 4)):
+            path: list[Any] = [rng.choice(["t", "l", "n", "new", "m"])]
+            if rng.random() < 0.1:
+                path = ["t", 0]
+            if rng.random() < 0.5:
+                op: dict[str, Any] = {"op": "insert", "path": path, "index": rng.randint(0, 8)}
+                op.update({"text": "xy"} if rng.random() < 0.5 else {"values": [7]})
+            else:
+                op = {"op": "delete", "path": path, "index": rng.randint(0, 5)}
+                op["count"] = rng.randint(0, 3)
+            ops.append(op)
+        before, next_dot = doc.copy(), c.next
+        one_by_one, oc = doc.copy(), DotCounter("A", next=c.next)
+        try:
+            for op in ops:
+                patch(one_by_one, oc, op)
+            expected: Any = one_by_one.render()
+        except PatchError as e:
+            expected = e.reason
+        if isinstance(expected, str):
+            with pytest.raises(PatchError) as failed:
+                patch(doc, c, *ops)
+            assert failed.value.reason == expected
+            assert doc == before
+            assert c.next == next_dot
+        else:
+            patch(doc, c, *ops)
+            assert doc.render() == expected

@@ -476,6 +476,13 @@ class Change:
             # Every operation checks what can fail before it changes anything.
             self._apply(ops[0])
             return self._finish(existed)
+        if all(type(op) in _SEQUENCE_OPS for op in ops):
+            # Text and list edits (an editor's "replace selection") are checked up front on
+            # lengths alone, so they need no snapshot of a possibly large document.
+            self._check_sequence_edits(ops)
+            for op in ops:
+                self._apply(op)
+            return self._finish(existed)
         snapshot = self.doc.copy()
         next_before = self.counter.next
         try:
@@ -486,6 +493,59 @@ class Change:
             self.counter.next = next_before
             raise
         return self._finish(existed)
+
+    def _check_sequence_edits(self, ops: list[O.Op]) -> None:
+        """Raise what applying these inserts and deletes would raise, changing nothing."""
+        lengths: dict[O.Path, tuple[str, int]] = {}
+        for op in ops:
+            assert isinstance(op, O.Insert | O.Delete)
+            for elem in op.path:
+                if type(elem) is not str:
+                    raise PatchError(
+                        f"path element {elem!r} is not a field name", reason="invalid_path"
+                    )
+            if isinstance(op, O.Insert):
+                tag = TEXT if isinstance(op.items, str) else LIST
+                what = "inserting " + ("text" if tag == TEXT else "values")
+                tags: tuple[str, ...] = (tag,)
+            else:
+                tags, what = (TEXT, LIST), "delete"
+            known = lengths.get(op.path)
+            if known is None:
+                path = self._existing(op.path, tags, what)
+                known = (path[-1][1], len(self.doc._seqs[path].seq)) if path else None
+            elif known[0] not in tags:
+                raise PatchError(
+                    f"{'/'.join(map(str, op.path))} is a {known[0]}; {what} needs a "
+                    f"{' or '.join(tags)}",
+                    reason="type_mismatch",
+                )
+            if isinstance(op, O.Insert):
+                if known is None:
+                    if op.index != 0:
+                        raise PatchError(
+                            f"index {op.index} is out of range (no such {tags[0]})",
+                            reason="invalid_path",
+                        )
+                    known = (tags[0], 0)
+                if op.index > known[1]:
+                    raise PatchError(
+                        f"index {op.index} is out of range (length {known[1]})",
+                        reason="invalid_path",
+                    )
+                lengths[op.path] = (known[0], known[1] + len(op.items))
+            else:
+                if known is None:
+                    raise PatchError(
+                        f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path"
+                    )
+                if op.index + op.count > known[1]:
+                    raise PatchError(
+                        f"range {op.index}..{op.index + op.count} is out of range "
+                        f"(length {known[1]})",
+                        reason="invalid_path",
+                    )
+                lengths[op.path] = (known[0], known[1] - op.count)
 
     def delete_document(self) -> Document:
         doc = self.doc
