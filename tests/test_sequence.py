@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from syncd.crdt.context import CausalContext
 from syncd.crdt.dots import DotCounter
-from syncd.crdt.fugue_model import LEFT, RIGHT, FugueModel
 from syncd.crdt.sequence import Sequence
 from syncd.errors import CodecError
+from tests.fugue_model import LEFT, RIGHT, FugueModel
 
 State = tuple[Sequence, CausalContext]
 

@@ -107,9 +107,10 @@ class SeqJoin(SeqCore):
 
     def _kill_removed(
         self, octx: CausalContext, lacks: Callable[[str, int, int], Iterator[tuple[int, int]]]
-    ) -> bool:
+    ) -> list[Range]:
         """Kill the live dots here that are in ``octx`` but that the other side lacks
-        (``lacks(rep, a, b)``: the parts of ``a..b`` it does not hold): removed there."""
+        (``lacks(rep, a, b)``: the parts of ``a..b`` it does not hold): removed there.
+        Returns the ranges killed."""
         out: list[Range] = []
         for rep, sidx in self._index.items():
             ors = octx.for_replica(rep)
@@ -121,7 +122,7 @@ class SeqJoin(SeqCore):
                     a, b = max(s, r.start), min(e, r.start + r.n - 1)
                     for u, v in list(lacks(rep, a, b)):
                         self._kill(r, u, v, out)
-        return bool(out)
+        return out
 
     def _copy_part(self, orun: Run, s: int, e: int, srs: Ranges | None) -> Run:
         """A new run for counters ``s..e`` of ``orun`` (from another sequence); nodes whose dot

@@ -467,16 +467,16 @@ class SeqCore:
 
     # -- liveness ----------------------------------------------------------------------------
 
-    def _kill(self, r: Run, s: int, e: int, out: list[tuple[str, int, int]]) -> None:
-        """Make dead the live nodes of run ``r`` within ``s..e``; append the ranges killed."""
+    def _carve(self, r: Run, s: int, e: int, live: bool) -> Iterator[Piece]:
+        """The pieces of run ``r`` within ``s..e`` that are live (or dead), split so that each
+        lies inside ``s..e``; the caller may change a yielded piece's liveness."""
         pieces = r.pieces
         i = max(bisect_right(r.pstarts, s) - 1, 0)
-        killed: list[Piece] = []
         while i < len(pieces):
             p = pieces[i]
             if p.start > e:
                 break
-            if p.val is None or p.start + p.n <= s:
+            if (p.val is not None) != live or p.start + p.n <= s:
                 i += 1
                 continue
             if p.start < s:
@@ -484,6 +484,13 @@ class SeqCore:
                 i += 1
             if p.start + p.n - 1 > e:
                 self._split(p, e + 1)
+            yield p
+            i += 1
+
+    def _kill(self, r: Run, s: int, e: int, out: list[tuple[str, int, int]]) -> None:
+        """Make dead the live nodes of run ``r`` within ``s..e``; append the ranges killed."""
+        killed: list[Piece] = []
+        for p in self._carve(r, s, e, live=True):
             p.val = None
             if p.blk is not None:
                 p.blk.vis -= p.n
@@ -493,7 +500,6 @@ class SeqCore:
             else:
                 out.append((r.rep, p.start, p.start + p.n - 1))
             killed.append(p)
-            i += 1
         for p in killed:
             if p.n:
                 self._merge_dead(p)
@@ -538,25 +544,11 @@ class SeqCore:
     def _revive(self, r: Run, s: int, e: int, vals: Any, vstart: int) -> bool:
         """Make live the dead nodes of ``r`` within ``s..e``; value of counter c is
         ``vals[c - vstart]``."""
-        pieces = r.pieces
-        i = max(bisect_right(r.pstarts, s) - 1, 0)
         changed = False
-        while i < len(pieces):
-            p = pieces[i]
-            if p.start > e:
-                break
-            if p.val is not None or p.start + p.n <= s:
-                i += 1
-                continue
-            if p.start < s:
-                p = self._split(p, s)
-                i += 1
-            if p.start + p.n - 1 > e:
-                self._split(p, e + 1)
+        for p in self._carve(r, s, e, live=False):
             p.val = vals[p.start - vstart : p.start - vstart + p.n]
             if p.blk is not None:
                 p.blk.vis += p.n
                 self._len += p.n
             changed = True
-            i += 1
         return changed

@@ -42,7 +42,6 @@ from syncd.crdt.stores import (
     SET,
     TEXT,
     MapStore,
-    SeqStore,
     canonical,
 )
 from syncd.errors import CodecError
@@ -311,8 +310,7 @@ class _Reader:
                 rs = self.ctx.for_replica(r)
                 if rs is None or next(rs.missing(s, e), None) is not None:
                     raise _fail("sequence dots outside the context")
-            sst: SeqStore = self.doc._ensure(path)
-            sst.seq = seq
+            sst = self.doc._put_seq(path, seq)
             for d in self.dots(obj[0]):
                 self.add(d, path, PRESENT)
             if sst.is_empty():

@@ -120,18 +120,6 @@ class Document:
 
     def _ensure(self, path: FieldPath) -> Any:
         """The store at ``path``, creating empty stores (maps on the way) where missing."""
-        if len(path) == 1:  # a top-level field: most writes
-            name, tag = path[0]
-            top: dict[str, dict[str, Any]] = self.root.fields
-            variants: dict[str, Any] | None = top.get(name)
-            if variants is None:
-                variants = top[name] = {}
-            child = variants.get(tag)
-            if child is None:
-                child = variants[tag] = stores.new_store(tag)
-                if tag in _SEQ_TAGS:
-                    self._seqs[path] = child
-            return child
         store: Any = self.root
         for depth, (name, tag) in enumerate(path, 1):
             fields: dict[str, dict[str, Any]] = store.fields

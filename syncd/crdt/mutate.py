@@ -16,6 +16,7 @@ from syncd.crdt.context import CausalContext
 from syncd.crdt.diff import diff
 from syncd.crdt.document import Document, FieldPath, Loc, atoms_under
 from syncd.crdt.dots import Dot, DotCounter
+from syncd.crdt.ops import is_int
 from syncd.crdt.stores import (
     COUNTER,
     LIST,
@@ -34,14 +35,10 @@ from syncd.errors import InvalidOperation, PatchError
 _DEFAULTS: dict[str, Any] = {TEXT: "", COUNTER: 0, SET: [], LIST: [], MAP: {}, REGISTER: None}
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_make_value(tag: str, value: Any) -> None:
     ok = {
         TEXT: isinstance(value, str),
-        COUNTER: _is_int(value),
+        COUNTER: is_int(value),
         SET: isinstance(value, list),
         LIST: isinstance(value, list),
         MAP: isinstance(value, dict),
@@ -240,17 +237,14 @@ class Change:
             for key in target:
                 if key not in st.elems:
                     self._add((path, key))
-        elif tag == COUNTER and _is_int(value):
+        elif tag == COUNTER and is_int(value):
             self._remove_field(mp, name, keep=tag)
             by = value - sum(st.values())
             if by:
                 self._inc(path, by)
         elif tag == REGISTER and not isinstance(value, dict):
             self._remove_field(mp, name, keep=tag)
-            if len(st) == 1 and _same_value(next(iter(st.values())), value):
-                return
-            self._remove(list(st))
-            self._add((path, None), value)
+            self._write_register(mp, name, st, value)
         else:
             self._make(mp, name, default, value)
 
@@ -343,10 +337,7 @@ class Change:
         if w is None:
             return None
         if w[0] not in tags:
-            raise PatchError(
-                f"{'/'.join(map(str, path))} is a {w[0]}; {what} needs a {' or '.join(tags)}",
-                reason="type_mismatch",
-            )
+            raise _type_mismatch(path, w[0], what, tags)
         return (*mp, (name, w[0]))
 
     # -- operations ----------------------------------------------------------------------
@@ -408,36 +399,21 @@ class Change:
             self._remove(list(st.elems.get(canonical(op.value), ())))
 
     def _apply_insert(self, op: O.Insert) -> None:
-        tag = TEXT if isinstance(op.items, str) else LIST
-        path = self._existing(op.path, (tag,), "inserting " + ("text" if tag == TEXT else "values"))
-        if path is None:
-            if op.index != 0:
-                raise PatchError(
-                    f"index {op.index} is out of range (no such {tag})", reason="invalid_path"
-                )
-            loc = self._field(op.path, create=True)
-            assert loc is not None
-            self._make(loc[0], loc[1], tag, op.items)
+        tags, what = _INSERT_TEXT if type(op.items) is str else _INSERT_VALUES
+        path = self._existing(op.path, tags, what)
+        if path is not None and op.index <= len(self.doc._seqs[path].seq):
+            self._seq_insert(path, op.index, op.items)
             return
-        n = len(self.doc._seqs[path].seq)
-        if op.index > n:
-            raise PatchError(
-                f"index {op.index} is out of range (length {n})", reason="invalid_path"
-            )
-        self._seq_insert(path, op.index, op.items)
+        _check_bounds(op, len(self.doc._seqs[path].seq) if path else None)
+        loc = self._field(op.path, create=True)  # an insert at 0 creates the field
+        assert loc is not None
+        self._make(loc[0], loc[1], tags[0], op.items)
 
     def _apply_delete(self, op: O.Delete) -> None:
-        path = self._existing(op.path, (TEXT, LIST), "delete")
-        if path is None:
-            raise PatchError(
-                f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path"
-            )
-        n = len(self.doc._seqs[path].seq)
-        if op.index + op.count > n:
-            raise PatchError(
-                f"range {op.index}..{op.index + op.count} is out of range (length {n})",
-                reason="invalid_path",
-            )
+        path = self._existing(op.path, *_DELETE)
+        n = len(self.doc._seqs[path].seq) if path else None
+        _check_bounds(op, n)
+        assert path is not None  # _check_bounds refuses a missing field
         self._seq_delete(path, op.index, op.count)
 
     def _apply_element(self, op: O.Op) -> None:
@@ -496,7 +472,7 @@ class Change:
 
     def _check_sequence_edits(self, ops: list[O.Op]) -> None:
         """Raise what applying these inserts and deletes would raise, changing nothing."""
-        lengths: dict[O.Path, tuple[str, int]] = {}
+        lengths: dict[O.Path, tuple[str, int]] = {}  # fields as the edits so far leave them
         for op in ops:
             assert isinstance(op, O.Insert | O.Delete)
             for elem in op.path:
@@ -504,48 +480,20 @@ class Change:
                     raise PatchError(
                         f"path element {elem!r} is not a field name", reason="invalid_path"
                     )
-            if isinstance(op, O.Insert):
-                tag = TEXT if isinstance(op.items, str) else LIST
-                what = "inserting " + ("text" if tag == TEXT else "values")
-                tags: tuple[str, ...] = (tag,)
-            else:
-                tags, what = (TEXT, LIST), "delete"
+            tags, what = _sequence_op_kind(op)
             known = lengths.get(op.path)
             if known is None:
                 path = self._existing(op.path, tags, what)
                 known = (path[-1][1], len(self.doc._seqs[path].seq)) if path else None
             elif known[0] not in tags:
-                raise PatchError(
-                    f"{'/'.join(map(str, op.path))} is a {known[0]}; {what} needs a "
-                    f"{' or '.join(tags)}",
-                    reason="type_mismatch",
-                )
+                raise _type_mismatch(op.path, known[0], what, tags)
+            _check_bounds(op, known[1] if known else None)
+            tag = known[0] if known else tags[0]
+            n = known[1] if known else 0
             if isinstance(op, O.Insert):
-                if known is None:
-                    if op.index != 0:
-                        raise PatchError(
-                            f"index {op.index} is out of range (no such {tags[0]})",
-                            reason="invalid_path",
-                        )
-                    known = (tags[0], 0)
-                if op.index > known[1]:
-                    raise PatchError(
-                        f"index {op.index} is out of range (length {known[1]})",
-                        reason="invalid_path",
-                    )
-                lengths[op.path] = (known[0], known[1] + len(op.items))
+                lengths[op.path] = (tag, n + len(op.items))
             else:
-                if known is None:
-                    raise PatchError(
-                        f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path"
-                    )
-                if op.index + op.count > known[1]:
-                    raise PatchError(
-                        f"range {op.index}..{op.index + op.count} is out of range "
-                        f"(length {known[1]})",
-                        reason="invalid_path",
-                    )
-                lengths[op.path] = (known[0], known[1] - op.count)
+                lengths[op.path] = (tag, n - op.count)
 
     def delete_document(self) -> Document:
         doc = self.doc
@@ -569,3 +517,44 @@ _HANDLERS: dict[type, Any] = {
     O.Insert: Change._apply_insert,
     O.Delete: Change._apply_delete,
 }
+
+
+_INSERT_TEXT = ((TEXT,), "inserting text")
+_INSERT_VALUES = ((LIST,), "inserting values")
+_DELETE = ((TEXT, LIST), "delete")
+
+
+def _sequence_op_kind(op: O.Insert | O.Delete) -> tuple[tuple[str, ...], str]:
+    """The field types an insert or delete applies to, and how messages name it."""
+    if isinstance(op, O.Delete):
+        return _DELETE
+    return _INSERT_TEXT if isinstance(op.items, str) else _INSERT_VALUES
+
+
+def _type_mismatch(path: O.Path, tag: str, what: str, tags: tuple[str, ...]) -> PatchError:
+    return PatchError(
+        f"{'/'.join(map(str, path))} is a {tag}; {what} needs a {' or '.join(tags)}",
+        reason="type_mismatch",
+    )
+
+
+def _check_bounds(op: O.Insert | O.Delete, length: int | None) -> None:
+    """Raise unless ``op`` fits a sequence of ``length`` items (None: the field is absent)."""
+    if isinstance(op, O.Insert):
+        if length is None:
+            if op.index != 0:
+                kind = "text" if isinstance(op.items, str) else "list"
+                raise PatchError(
+                    f"index {op.index} is out of range (no such {kind})", reason="invalid_path"
+                )
+        elif op.index > length:
+            raise PatchError(
+                f"index {op.index} is out of range (length {length})", reason="invalid_path"
+            )
+    elif length is None:
+        raise PatchError(f"no text or list at {'/'.join(map(str, op.path))}", reason="invalid_path")
+    elif op.index + op.count > length:
+        raise PatchError(
+            f"range {op.index}..{op.index + op.count} is out of range (length {length})",
+            reason="invalid_path",
+        )

@@ -75,7 +75,8 @@ class Delete:
 Op = Make | Set | Del | Inc | Add | Remove | Insert | Delete
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
+    """A JSON integer (``True`` is not one)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -143,7 +144,7 @@ def _parse_del(i: int, raw: dict[str, Any], path: Path) -> Op:
 
 def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
     by = raw.get("by", 1)
-    if not _is_int(by):
+    if not is_int(by):
         raise InvalidOperation(f"ops[{i}].by must be an integer")
     return Inc(path, by)
 

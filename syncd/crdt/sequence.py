@@ -425,15 +425,7 @@ class Sequence(SeqJoin):
         """Make dead every live node whose dot is in ``ctx``; return the ranges killed."""
         if self._lz is not None:
             self._mat()
-        out: list[Range] = []
-        for rep, sidx in self._index.items():
-            rs = ctx.for_replica(rep)
-            if rs is None:
-                continue
-            last = sidx.runs[-1]
-            for s, e in list(rs.overlapping(sidx.starts[0], last.start + last.n - 1)):
-                for r in list(sidx.overlapping(s, e)):
-                    self._kill(r, max(s, r.start), min(e, r.start + r.n - 1), out)
+        out = self._kill_removed(ctx, _all_of)
         if out:
             self._tp = None
             self._cb = self._co = 0
@@ -555,3 +547,8 @@ class Sequence(SeqJoin):
             raise
         except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise CodecError(f"bad sequence: {exc}") from exc
+
+
+def _all_of(rep: str, a: int, b: int) -> Iterator[tuple[int, int]]:
+    """For :meth:`Sequence.kill`: the other side holds none of ``a..b``."""
+    yield a, b

@@ -193,11 +193,7 @@ def winner(variants: dict[str, Any]) -> tuple[str, Any] | None:
     """The variant of a field that is shown (see :data:`TYPES`), or None if none is visible."""
     if len(variants) == 1:
         for tag, store in variants.items():
-            if type(store) is SeqStore:
-                visible = bool(store.present) or len(store.seq) > 0
-            else:
-                visible = is_visible(tag, store)
-            return (tag, store) if visible else None
+            return (tag, store) if is_visible(tag, store) else None
     for tag in TYPES:
         store = variants.get(tag)
         if store is not None and is_visible(tag, store):
