@@ -260,10 +260,6 @@ class DaemonProcess:
         with Client(self.socket) as client:
             return client.call(method, **params)
 
-    def raw(self) -> RawConn:
-        """A raw blocking connection."""
-        return RawConn(self.socket)
-
 
 @contextmanager
 def daemon_process(home: Path, *args: str, **env: str) -> Iterator[DaemonProcess]:
@@ -277,12 +273,14 @@ def daemon_process(home: Path, *args: str, **env: str) -> Iterator[DaemonProcess
 
 
 class RawConn:
-    """A blocking raw connection that reads one JSON line at a time."""
+    """A blocking raw JSON-RPC connection: bytes out, one JSON message per line in."""
 
     def __init__(self, path: Path) -> None:
         self.sock = connect_unix(path)
         self.sock.settimeout(START_TIMEOUT_S)
         self.file = self.sock.makefile("rb")
+        self.ids = 0
+        self.notes: list[dict[str, Any]] = []
 
     def send(self, data: bytes) -> None:
         """Send bytes as they are."""
@@ -293,17 +291,83 @@ class RawConn:
         line = self.file.readline()
         if not line:
             raise EOFError("connection closed")
+        assert line.endswith(b"\n"), line
         return json.loads(line)
 
-    def call(self, method: str, **params: Any) -> Any:
+    def request(self, method: str, params: Any = None, rid: Any = "auto") -> Any:
+        """Send one request; returns its id."""
+        if rid == "auto":
+            self.ids += 1
+            rid = self.ids
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(json.dumps(msg).encode() + b"\n")
+        return rid
+
+    def response(self, rid: Any) -> dict[str, Any]:
+        """The response to request ``rid`` (notifications before it are kept for later)."""
+        while True:
+            msg = self.recv()
+            if "id" not in msg:
+                self.notes.append(msg)
+                continue
+            assert msg["id"] == rid, msg
+            return dict(msg)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
         """One request; returns the whole response object."""
-        self.send(
-            json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-            + b"\n"
-        )
-        return self.recv()
+        return self.response(self.request(method, params))
+
+    def result(self, method: str, **params: Any) -> Any:
+        """One request that must succeed; returns its result."""
+        msg = self.call(method, **params)
+        assert "result" in msg, msg
+        return msg["result"]
+
+    def error(self, method: str, **params: Any) -> dict[str, Any]:
+        """One request that must fail; returns its error."""
+        msg = self.call(method, **params)
+        assert "error" in msg, msg
+        return dict(msg["error"])
+
+    def notification(self) -> dict[str, Any]:
+        """The next notification."""
+        if self.notes:
+            return self.notes.pop(0)
+        msg = self.recv()
+        assert "id" not in msg, msg
+        return dict(msg)
 
     def close(self) -> None:
         """Close."""
         self.file.close()
         self.sock.close()
+
+
+def serve_for_module(home: Path) -> Iterator[DaemonProcess]:
+    """Body of a module-scoped daemon fixture: start on ``home``, stop with SIGTERM (exit 0)."""
+    d = DaemonProcess(home)
+    try:
+        d.start()
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def put_lines(ns: str, count: int, prefix: str = "k") -> bytes:
+    """``count`` pipelined ``put`` requests as one byte string: ids ``0..``, keys
+    ``{prefix}0..``, values ``{"i": id}``."""
+    return b"".join(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "put",
+                "params": {"ns": ns, "key": f"{prefix}{i}", "value": {"i": i}},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(count)
+    )

@@ -15,20 +15,14 @@ import pytest
 
 from syncd.cli import main
 from syncd.identity import format_device_id
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import DaemonProcess, serve_for_module
 
 OTHER = format_device_id(b"\x07" * 32)
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("cli") / "home")
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0
-    finally:
-        d.close()
+    yield from serve_for_module(tmp_path_factory.mktemp("cli") / "home")
 
 
 class Run:

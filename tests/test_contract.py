@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from syncd.daemon.unixsock import connect_unix
 from syncd.identity import format_device_id
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import DaemonProcess, RawConn, serve_for_module
 
 OTHER = format_device_id(b"\x07" * 32)
 THIRD = format_device_id(b"\x09" * 32)
@@ -74,13 +73,7 @@ def fails(proc: subprocess.CompletedProcess[str], fragment: str, status: int | N
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """A daemon started on an empty home: ``run`` initializes it first."""
-    d = DaemonProcess(tmp_path_factory.mktemp("contract") / "home")
-    try:
-        d.start()
-        yield d
-        assert d.stop() == 0  # SIGTERM: clean exit 0
-    finally:
-        d.close()
+    yield from serve_for_module(tmp_path_factory.mktemp("contract") / "home")
 
 
 @pytest.fixture
@@ -88,66 +81,7 @@ def home(daemon: DaemonProcess) -> tuple[str, str]:
     return ("--home", str(daemon.home))
 
 
-class Conn:
-    """A raw JSON-RPC connection: bytes out, one JSON message per line in."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = connect_unix(path)
-        self.sock.settimeout(TIMEOUT)
-        self.file = self.sock.makefile("rb")
-        self.ids = 0
-        self.notes: list[dict[str, Any]] = []
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def recv(self) -> Any:
-        line = self.file.readline()
-        assert line.endswith(b"\n"), line
-        return json.loads(line)
-
-    def request(self, method: str, params: Any = None, rid: Any = "auto") -> Any:
-        if rid == "auto":
-            self.ids += 1
-            rid = self.ids
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.send(json.dumps(msg).encode() + b"\n")
-        return rid
-
-    def response(self, rid: Any) -> dict[str, Any]:
-        while True:
-            msg = self.recv()
-            if "id" not in msg:
-                self.notes.append(msg)
-                continue
-            assert msg["id"] == rid, msg
-            return dict(msg)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        return self.response(self.request(method, params))
-
-    def result(self, method: str, **params: Any) -> Any:
-        msg = self.call(method, **params)
-        assert "result" in msg, msg
-        return msg["result"]
-
-    def error(self, method: str, **params: Any) -> dict[str, Any]:
-        msg = self.call(method, **params)
-        assert "error" in msg, msg
-        return dict(msg["error"])
-
-    def notification(self) -> dict[str, Any]:
-        if self.notes:
-            return self.notes.pop(0)
-        msg = self.recv()
-        assert "id" not in msg, msg
-        return dict(msg)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+Conn = RawConn
 
 
 @pytest.fixture

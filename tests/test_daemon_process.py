@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from syncd.client import Client
-from tests.daemon_harness import DaemonProcess, RawConn, daemon_process
+from tests.daemon_harness import DaemonProcess, RawConn, daemon_process, put_lines
 
 
 @pytest.fixture
@@ -207,19 +207,7 @@ def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
             acked[f"k{i % 37}"] = i
         # Kill while a pipelined burst is in flight: whatever was acknowledged must survive.
         burst = RawConn(d.socket)
-        lines = b"".join(
-            json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": i,
-                    "method": "put",
-                    "params": {"ns": "crash", "key": f"b{i}", "value": {"i": i}},
-                }
-            ).encode()
-            + b"\n"
-            for i in range(2000)
-        )
-        burst.send(lines)
+        burst.send(put_lines("crash", 2000, prefix="b"))
         burst_acked = []
         for _ in range(50):
             msg = burst.recv()
@@ -321,19 +309,7 @@ def test_sigterm_finishes_requests_in_flight(home: Path) -> None:
     try:
         d.start()
         burst = RawConn(d.socket)
-        lines = b"".join(
-            json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": i,
-                    "method": "put",
-                    "params": {"ns": "term", "key": f"k{i}", "value": {"i": i}},
-                }
-            ).encode()
-            + b"\n"
-            for i in range(3000)
-        )
-        burst.send(lines)
+        burst.send(put_lines("term", 3000, prefix="k"))
         acked = [burst.recv()["id"]]
         d.signal(signal.SIGTERM)
         # Requests already read are finished and answered; then the daemon closes cleanly.
