@@ -12,7 +12,8 @@ Layout (CDDL-ish; protocol/ has the normative schema)::
     sequence = [present: dots, sequence-body]   ; see syncd/crdt/sequence.py
 
 Replica ids are written once in a table and referred to by index. Encoding is deterministic
-(sorted keys, sorted dots, canonical CBOR), so equal states encode to equal bytes.
+(map keys in RFC 7049 canonical order, sorted dots, definite lengths, floats always 64-bit),
+so equal states encode to equal bytes.
 
 The decoder accepts only what the encoder can produce: no tags, no indefinite lengths, no
 duplicate keys, no trailing bytes, bounded depth and size, every dot inside the context, no
