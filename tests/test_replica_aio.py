@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from syncd.crdt import Document, DotCounter
 from syncd.errors import PatchError
 from syncd.replica import Change, Patch, Put, ReplicaClosedError, Store, Writer, open_replica
+from syncd.replica.aio import INLINE_BATCH_MAX_S
 from syncd.replica.verify import check_database
 
 
@@ -157,3 +161,93 @@ def test_thread_callers(tmp_path: Path) -> None:
         writer.close()
     with pytest.raises(ReplicaClosedError):
         writer.call(lambda s: None)
+
+
+def _commit_threads(store: Store) -> list[int]:
+    """Record the thread of every commit (the store's fault hook, as the crash tests use)."""
+    threads: list[int] = []
+
+    def hook(point: str) -> None:
+        if point == "committed":
+            threads.append(threading.get_ident())
+
+    store.fault_hook = hook
+    return threads
+
+
+async def test_lone_writes_commit_on_the_trio_thread(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        threads = _commit_threads(rep.writer.store)
+        for i in range(5):
+            await rep.put("ns", f"k{i}", {"i": i})
+        assert threads == [threading.get_ident()] * 5  # no thread wake-ups for a lone write
+        assert rep.writer.stats.inline_batches >= 5
+        assert (await rep.get("ns", "k4")).value == {"i": 4}
+
+
+async def test_slow_commits_move_to_the_writer_thread_and_back(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        store = rep.writer.store
+        threads = _commit_threads(store)
+        record = store.fault_hook
+        assert record is not None
+        slow = True
+        ticks = 0
+        ticks_during_sync: list[int] = []
+
+        def slow_disk(point: str) -> None:
+            record(point)
+            if point == "flushed" and slow:
+                before = ticks
+                time.sleep(INLINE_BATCH_MAX_S * 5)  # a disk whose fsync takes 10 ms
+                ticks_during_sync.append(ticks - before)
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        store.fault_hook = slow_disk
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await rep.put("ns", "first", {})  # on the trio thread, and measured too slow
+            await rep.put("ns", "second", {})  # so this one goes to the writer thread
+            nursery.cancel_scope.cancel()
+        assert threads[0] == threading.get_ident() != threads[1]
+        assert ticks_during_sync[0] == 0  # the loop was blocked by the first sync...
+        assert ticks_during_sync[1] > 0  # ...and kept running during the second
+        slow = False
+        for i in range(20):  # fast batches bring the average down again
+            await rep.put("ns", f"fast{i}", {})
+        assert threads[-1] == threading.get_ident()
+
+
+async def test_calls_keep_their_order_while_the_thread_has_work(tmp_path: Path) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        rep.writer.stats.batch_s_avg = 1.0  # as if the disk were slow: groups go to the thread
+        seen: list[object] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(rep.put, "ns", f"k{i}", {"i": i})
+            await trio.testing.wait_all_tasks_blocked()
+            # Queued behind the outstanding puts, not run at once: sees them all.
+            seen.append(await rep.list_keys("ns"))
+        assert seen == [[f"k{i}" for i in range(10)]]
+        assert rep.writer.stats.inline_batches == 0
+
+
+async def test_close_waits_for_work_on_the_writer_thread(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite3"
+    async with open_replica(db) as rep:
+        rep.writer.stats.batch_s_avg = 1.0
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(rep.put, "ns", f"k{i}", {"i": i})
+            await trio.testing.wait_all_tasks_blocked()
+            await rep.aclose()
+        with pytest.raises(ReplicaClosedError):
+            await rep.get("ns", "k0")
+    with Store(db) as s:
+        assert s.list_keys("ns") == [f"k{i}" for i in range(5)]
+    assert check_database(db) == []

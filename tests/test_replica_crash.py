@@ -1,8 +1,8 @@
 """Crash tests: writer processes killed with SIGKILL, at random moments and mid-batch.
 
 After every kill the database is reopened and checked: SQLite integrity, the namespace
-context equals the union of the documents' contexts, the dot index matches, counters are
-above every dot (``check_database``); every acknowledged write is present (or superseded only
+context equals the union of the documents' contexts, the dot index matches
+(``check_database``); every acknowledged write is present (or superseded only
 by the one write that was in flight); earlier runs' documents are untouched; and no dot was
 ever handed out twice, across all runs (each acknowledgement reports its dots).
 """

@@ -1,8 +1,20 @@
-"""The replica from trio: awaitable operations and a change feed, over the writer thread.
+"""The replica from trio: awaitable operations and a change feed, with group commit.
 
-A call submits a request to the writer thread and parks the calling task; when the batch it
-belongs to has committed, one ``run_sync_soon`` callback per batch reschedules every task of
-that batch and feeds the committed changes to subscribers. There is no thread hop per call.
+A call queues a request and parks the calling task. One committer task takes everything
+queued in a scheduler round as one group and runs it in one of two places:
+
+- on the trio thread itself (:meth:`Writer.run_here`), while batches are fast (a moving
+  average under :data:`INLINE_BATCH_MAX_S`): the loop is blocked for that long, but a lone
+  write then costs no thread wake-ups at all, which is most of what separates it from a raw
+  SQLite commit;
+- on the writer thread, when batches are slow (a slow disk's fsync, large documents), so the
+  loop keeps serving while the disk works. One ``run_sync_soon`` callback per batch then
+  reschedules every task of the batch.
+
+Requests reach the store in the order they were made either way: the committer never runs a
+group here while requests it handed to the thread are outstanding. A read made while nothing
+is queued runs at once, without waiting for a round. Writes are reported only once durable,
+and the committed changes go to subscribers in commit order.
 
 Cancelling a call stops the wait, not the request: a write whose caller was cancelled may
 still be applied (and then appears in the change feed).
@@ -10,6 +22,7 @@ still be applied (and then appears in the change feed).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -18,12 +31,17 @@ import outcome
 import trio
 
 from syncd.crdt import CausalContext, Document
+from syncd.replica.errors import ReplicaClosedError
 from syncd.replica.model import Change, Delete, Device, NamespaceInfo, Patch, Put, Snapshot
 from syncd.replica.store import Store
 from syncd.replica.writer import Request, Writer
 
 T = TypeVar("T")
 ChangeListener = Callable[[Change], None]
+
+INLINE_BATCH_MAX_S = 0.002
+"""Groups run on the trio thread while the writer's average batch time (commit included) is
+below this; above it they go to the writer thread until batches are fast again."""
 
 
 class Subscription:
@@ -77,12 +95,28 @@ class _TrioSink:
     def __init__(self, replica: AsyncReplica, token: trio.lowlevel.TrioToken) -> None:
         self._replica = replica
         self._token = token
+        self._trio_thread = threading.get_ident()
 
     def batch_done(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
     ) -> None:
+        if threading.get_ident() == self._trio_thread:  # a group run here by the committer
+            self._replica._deliver(done, changes)
+            return
         with suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._replica._deliver, done, changes)
+            self._token.run_sync_soon(self._replica._deliver_from_thread, done, changes)
+
+
+class _BoxSink:
+    """Keeps the outcome of a request run on the calling thread."""
+
+    def __init__(self, box: list[outcome.Outcome[Any]]) -> None:
+        self._box = box
+
+    def batch_done(
+        self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
+    ) -> None:
+        self._box.extend(result for _, result in done)
 
 
 class AsyncReplica:
@@ -95,6 +129,11 @@ class AsyncReplica:
         self._sink = _TrioSink(self, token)
         self._subscriptions: set[Subscription] = set()
         self._listeners: list[ChangeListener] = []
+        self._queued: list[Request] = []
+        self._outstanding = 0  # requests handed to the writer thread, not yet reported
+        self._committer: trio.lowlevel.Task | None = None  # set while it is parked
+        self._closing = False
+        self._drained = trio.Event()
         writer.add_listener(self._sink)
 
     @property
@@ -105,15 +144,16 @@ class AsyncReplica:
     # -- plumbing --------------------------------------------------------------------------------
 
     async def call(self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None) -> T:
-        """Run ``fn(store)`` on the writer thread; return once its batch has committed.
+        """Run ``fn(store)`` in the next group; return once that group has committed.
 
         ``doc``: the ``(ns, key)`` that ``fn`` writes, if known (lets the writer load the
         documents of a batch together).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        task = trio.lowlevel.current_task()
-        request = Request(fn, self._sink, task, doc)
-        self._writer.submit(request)
+        if self._closing:
+            raise ReplicaClosedError(f"{self.path}: the replica is closed")
+        request = Request(fn, self._sink, trio.lowlevel.current_task(), doc)
+        self._queue(request)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             request.abandoned = True
@@ -121,6 +161,63 @@ class AsyncReplica:
 
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
+
+    async def read(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)``, which must not write; at once if nothing is queued or running."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._queued and not self._outstanding and not self._closing:
+            box: list[outcome.Outcome[T]] = []
+            if self._writer.run_here([Request(fn, _BoxSink(box))]):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return box[0].unwrap()
+        return await self.call(fn)
+
+    def _queue(self, request: Request) -> None:
+        self._queued.append(request)
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            trio.lowlevel.reschedule(committer)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _commit_loop(self) -> None:
+        """The committer task: run each round's queued requests as one group."""
+        try:
+            await self._commit_rounds()
+        finally:
+            # Cancelled at close (nothing is queued then), or a bug: fail what is left.
+            self._closing = True
+            left, self._queued = self._queued, []
+            closed = ReplicaClosedError(f"{self.path}: the replica is closed")
+            self._deliver([(r, outcome.Error(closed)) for r in left], [])
+            self._drained.set()
+
+    async def _commit_rounds(self) -> None:
+        while True:
+            if not self._queued:
+                if self._closing and not self._outstanding:
+                    self._drained.set()
+                self._committer = trio.lowlevel.current_task()
+                # Woken by the first call of a round; the others of its round queue before
+                # this task runs again.
+                await trio.lowlevel.wait_task_rescheduled(self._abort_park)
+            group, self._queued = self._queued, []
+            writer = self._writer
+            if (
+                self._outstanding
+                or writer.stats.batch_s_avg >= INLINE_BATCH_MAX_S
+                or not writer.run_here(group)
+            ):
+                for i, request in enumerate(group):
+                    try:
+                        writer.submit(request)
+                    except ReplicaClosedError as exc:
+                        self._deliver([(r, outcome.Error(exc)) for r in group[i:]], [])
+                        break
+                    self._outstanding += 1
+
+    def _abort_park(self, _: Any) -> trio.lowlevel.Abort:
+        self._committer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _deliver(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
@@ -138,6 +235,14 @@ class AsyncReplica:
                 sub._offer(change)
             for listener in listeners:
                 listener(change)
+
+    def _deliver_from_thread(
+        self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
+    ) -> None:
+        self._outstanding -= len(done)
+        if self._closing and not self._outstanding and not self._queued:
+            self._drained.set()
+        self._deliver(done, changes)
 
     def subscribe(
         self, ns: str | None = None, prefix: str = "", *, max_buffer: int = 1024
@@ -160,7 +265,14 @@ class AsyncReplica:
         return remove
 
     async def aclose(self) -> None:
-        """Finish queued work, close the database and stop the writer thread."""
+        """Finish queued work, close the database and stop the writer thread.
+
+        Calls made from now on raise :class:`ReplicaClosedError`.
+        """
+        self._closing = True
+        if not self._queued and not self._outstanding:
+            self._drained.set()
+        await self._drained.wait()
         for sub in list(self._subscriptions):
             sub.close()
         await trio.to_thread.run_sync(self._writer.close)
@@ -169,7 +281,7 @@ class AsyncReplica:
 
     async def get(self, ns: str, key: str, *, conflicts: bool = False) -> Snapshot:
         """The document (value None when absent or deleted)."""
-        return await self.call(lambda s: s.get(ns, key, conflicts=conflicts))
+        return await self.read(lambda s: s.get(ns, key, conflicts=conflicts))
 
     async def put(self, ns: str, key: str, value: dict[str, Any]) -> Change:
         """Make the document equal to ``value``; returns once durable."""
@@ -185,7 +297,7 @@ class AsyncReplica:
 
     async def list_keys(self, ns: str, prefix: str = "") -> list[str]:
         """Keys of the existing documents of ``ns`` starting with ``prefix``, sorted."""
-        return await self.call(lambda s: s.list_keys(ns, prefix))
+        return await self.read(lambda s: s.list_keys(ns, prefix))
 
     # -- sync ------------------------------------------------------------------------------------
 
@@ -197,15 +309,15 @@ class AsyncReplica:
 
     async def context(self, ns: str) -> CausalContext:
         """A copy of the namespace's causal context."""
-        return await self.call(lambda s: s.context(ns))
+        return await self.read(lambda s: s.context(ns))
 
     async def document(self, ns: str, key: str) -> Document | None:
         """A copy of the stored document state (None if never stored)."""
-        return await self.call(lambda s: s.document(ns, key))
+        return await self.read(lambda s: s.document(ns, key))
 
     async def load_peer_state(self, peer: str, ns: str) -> bytes | None:
         """Opaque sync metadata stored for (peer, namespace)."""
-        return await self.call(lambda s: s.load_peer_state(peer, ns))
+        return await self.read(lambda s: s.load_peer_state(peer, ns))
 
     async def save_peer_state(self, peer: str, ns: str, data: bytes) -> None:
         """Store opaque sync metadata for (peer, namespace), durably."""
@@ -215,11 +327,11 @@ class AsyncReplica:
 
     async def namespaces(self) -> list[NamespaceInfo]:
         """Every namespace with its devices and document count, sorted by name."""
-        return await self.call(lambda s: s.namespaces())
+        return await self.read(lambda s: s.namespaces())
 
     async def devices(self) -> list[Device]:
         """The trusted devices, sorted by ID."""
-        return await self.call(lambda s: s.devices())
+        return await self.read(lambda s: s.devices())
 
     async def trust(
         self, device_id: str, name: str | None = None, addresses: Iterable[str] = ()
@@ -248,7 +360,7 @@ class AsyncReplica:
 
     async def shared_with(self, ns: str) -> list[str]:
         """The devices ``ns`` is shared with, sorted."""
-        return await self.call(lambda s: s.shared_with(ns))
+        return await self.read(lambda s: s.shared_with(ns))
 
 
 @asynccontextmanager
@@ -256,8 +368,11 @@ async def open_replica(path: Any, **options: Any) -> AsyncIterator[AsyncReplica]
     """Open the replica at ``path`` (options as for :class:`Store`) for the duration."""
     store = await trio.to_thread.run_sync(lambda: Store(path, **options))
     replica = AsyncReplica(Writer(store), trio.lowlevel.current_trio_token())
-    try:
-        yield replica
-    finally:
-        with trio.CancelScope(shield=True):
-            await replica.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replica._commit_loop)
+        try:
+            yield replica
+        finally:
+            with trio.CancelScope(shield=True):
+                await replica.aclose()
+            nursery.cancel_scope.cancel()

@@ -1,9 +1,9 @@
 """The persistence mechanics under :class:`syncd.replica.store.Store`.
 
 Batches and transactions, lazy loading of namespaces and documents, and writing a batch's
-dirty state (document, namespace-context and dot-index ranges, dot counters) in one
-transaction. :class:`StoreCore` is synchronous and single-threaded; see
-:mod:`syncd.replica.store` for the public operations built on it.
+dirty state (documents, namespace-context and dot-index ranges) in one transaction.
+:class:`StoreCore` is synchronous and single-threaded; see :mod:`syncd.replica.store` for
+the public operations built on it.
 """
 
 import fcntl
@@ -47,7 +47,7 @@ def new_replica_id() -> str:
 
 
 class NamespaceState:
-    __slots__ = ("counter", "ctx", "dirty", "name", "ns_id", "own_rid", "rids", "stored_next")
+    __slots__ = ("counter", "ctx", "dirty", "name", "ns_id", "rids")
 
     def __init__(self, ns_id: int, name: str) -> None:
         self.ns_id = ns_id
@@ -55,8 +55,6 @@ class NamespaceState:
         self.ctx: CausalContext | None = None  # loaded on first use
         self.rids: dict[str, int] = {}
         self.counter: DotCounter | None = None  # this incarnation's, once it wrote here
-        self.own_rid = 0
-        self.stored_next = 0
         self.dirty: dict[str, list[ranges.Span]] = {}
 
 
@@ -143,6 +141,11 @@ class StoreCore:
         if self._batch:
             raise RuntimeError("a batch is already open")
         self._batch = True
+
+    @property
+    def has_writes(self) -> bool:
+        """Whether the open batch has anything to write (so its commit will sync the disk)."""
+        return self._in_tx or bool(self._dirty)
 
     def commit(self) -> list[Change]:
         """Write the batch's changes and commit them durably; return them in order.
@@ -350,9 +353,15 @@ class StoreCore:
         return entry
 
     def _counter(self, nss: NamespaceState) -> DotCounter:
-        """This incarnation's dot counter for a namespace (its row is made on first use)."""
+        """This incarnation's dot counter for a namespace (its row is made on first use).
+
+        The counter is not written at each commit: it resumes after the highest dot of this
+        replica that the namespace context holds, and that context is committed in the same
+        transaction as every state that took a dot (a dot taken by a change that never
+        committed was never seen by anyone). ``next``, written by older versions, is a floor.
+        """
         if nss.counter is None:
-            self._ctx(nss)  # rids first
+            ctx = self._ctx(nss)  # rids first
             conn = self._tx()
             row = conn.execute(
                 "SELECT rid, next FROM replicas WHERE ns_id = ? AND replica = ?",
@@ -360,14 +369,14 @@ class StoreCore:
             ).fetchone()
             if row is None:
                 cur = conn.execute(
-                    "INSERT INTO replicas (ns_id, replica, next) VALUES (?, ?, 1)",
+                    "INSERT INTO replicas (ns_id, replica) VALUES (?, ?)",
                     (nss.ns_id, self.replica_id),
                 )
                 assert cur.lastrowid is not None
-                row = (cur.lastrowid, 1)
-            nss.own_rid = nss.rids[self.replica_id] = row[0]
-            nss.counter = DotCounter(self.replica_id, row[1])
-            nss.stored_next = row[1]
+                row = (cur.lastrowid, None)
+            nss.rids[self.replica_id] = row[0]
+            start = max(row[1] or 1, ctx.max(self.replica_id) + 1)
+            nss.counter = DotCounter(self.replica_id, start)
         return nss.counter
 
     def _record_taken(self, entry: DocEntry, lo: int, hi: int) -> None:
@@ -400,7 +409,7 @@ class StoreCore:
         self._dirty[(nss.ns_id, entry.key)] = entry
 
     def _flush(self) -> None:
-        """Write every dirty document, context range, index range and counter."""
+        """Write every dirty document, context range and index range."""
         if not self._dirty:
             return
         conn = self._tx()
@@ -455,11 +464,6 @@ class StoreCore:
                 assert rs is not None
                 ranges.write_ctx(conn, nss.rids[replica], ranges.covering(rs, spans))
             nss.dirty.clear()
-            if nss.counter is not None and nss.counter.next != nss.stored_next:
-                conn.execute(
-                    "UPDATE replicas SET next = ? WHERE rid = ?", (nss.counter.next, nss.own_rid)
-                )
-                nss.stored_next = nss.counter.next
 
     def _take_doc_id(self) -> int:
         """A fresh document id (ids are handed out here, so inserts can be batched)."""

@@ -11,8 +11,10 @@ after a primary-key column declared later, so primary-key columns are declared f
 Tables (``rid`` numbers one replica within one namespace; dot counters are per namespace):
 
 - ``namespaces(ns_id, name)``
-- ``replicas(rid, ns_id, replica, next)``: every replica whose dots the namespace holds;
-  ``next`` is the persisted dot counter of this store's own incarnations (NULL for others).
+- ``replicas(rid, ns_id, replica, next)``: every replica whose dots the namespace holds.
+  ``next`` is NULL: a store's dot counter resumes after the highest dot of its replica in
+  ``ctx``, which every commit that took a dot updated. (Versions up to 0.1 wrote the
+  counter there at each commit; such a value is still honoured as a floor.)
 - ``ctx(rid, lo, hi)``: the namespace causal context, disjoint ranges ``lo..hi`` per replica.
 - ``docs(doc_id, ns_id, key, live, state)``: encoded CRDT state of every document, deleted
   ones included (their context still matters to anti-entropy); ``live`` mirrors ``exists()``.

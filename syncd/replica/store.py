@@ -1,10 +1,10 @@
 """The durable replica: CRDT documents in SQLite, changed in group-committed transactions.
 
 :class:`Store` is synchronous and single-threaded: exactly one thread uses it at a time (the
-writer thread of :mod:`syncd.replica.writer`, or a test). Changes made between
+one running a batch of :mod:`syncd.replica.writer`, or a test). Changes made between
 :meth:`Store.begin` and :meth:`Store.commit` share one SQLite transaction and one fsync; the
-new document states, the namespace contexts, the dot index and the dot counters of a batch are
-committed together or not at all. Outside a batch every call commits on its own.
+new document states, the namespace contexts and the dot index of a batch are committed
+together or not at all. Outside a batch every call commits on its own.
 
 Documents are loaded lazily into a bounded cache; namespace contexts are loaded when a
 namespace is first used. A change that fails cleanly (a bad patch, an invalid delta) changes
@@ -13,7 +13,8 @@ discards the transaction and every in-memory state it touched.
 
 Replica ids: every :class:`Store` opened gets a fresh random replica id, so no incarnation of
 the database ever reuses another's dots, even if the file was restored from an older copy
-(see docs/durability.md).
+(see docs/durability.md). Within an incarnation the dot counter needs no row of its own: the
+namespace context, committed with every state, holds the highest dot taken.
 """
 
 from __future__ import annotations
