@@ -412,6 +412,24 @@ async def test_client_disconnecting_mid_write_still_commits(api: Api, conn: Line
             await trio.lowlevel.checkpoint()
 
 
+async def test_large_answers_to_a_client_that_reads_late_arrive_whole(conn: Line) -> None:
+    # An answer larger than the socket buffer is written partly at once and finished by the
+    # connection's writer task; answers made meanwhile queue behind it, whole and in order.
+    big = {"text": "x" * 3_000_000}
+    assert result(await conn.call("put", {"ns": "n", "key": "big", "value": big})) == {"ok": True}
+    assert result(await conn.call("put", {"ns": "n", "key": "small", "value": {"s": 1}}))
+    first = await conn.send("get", {"ns": "n", "key": "big"})
+    second = await conn.send("get", {"ns": "n", "key": "small"})
+    pipelined = [await conn.send("get", {"ns": "n", "key": k}) for k in ("big", "small") * 3]
+    got = {}
+    for _ in range(2 + len(pipelined)):
+        msg = await conn.recv()
+        got[msg["id"]] = result(msg)["value"]
+    assert got[first] == big
+    assert got[second] == {"s": 1}
+    assert [got[i] for i in pipelined] == [big, {"s": 1}] * 3
+
+
 # --- sans-IO pieces ------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from syncd.daemon.rpc import RpcError, invalid_params
 from syncd.identity import InvalidDeviceId, parse_device_id
 
 MAX_NAME_BYTES = 1024  # UTF-8 bytes in a namespace name or key
+_TEXT_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 class Params:
@@ -173,7 +174,7 @@ def _check_unicode(value: Any, name: str) -> None:
     store, they are a -32602 of this request alone.
     """
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        _TEXT_ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         raise invalid_params(
             f"param {name!r} contains a string that is not valid Unicode (a lone surrogate)",

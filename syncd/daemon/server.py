@@ -7,6 +7,10 @@ notifications in order of completion, coalescing what is ready into one write. R
 the request's ``id``; they may overtake each other. Watch subscriptions are pumped by one task
 each from their bounded queue (see :mod:`syncd.daemon.watch`).
 
+The common case of a client that waits for each answer takes a shorter path: a lone request
+that only needs the store is handled by the reader itself, and its answer is written to the
+socket at once when nothing else is queued (the writer task only sends what did not fit).
+
 Shutdown (:meth:`ApiServer.shutdown`): stop accepting, stop reading every connection, let the
 requests in flight finish (writes are shielded, so an accepted write always commits) within a
 grace period, flush their responses, close.
@@ -34,6 +38,7 @@ from syncd.daemon.rpc import (
     INVALID_REQUEST,
     Invalid,
     LineSplitter,
+    Message,
     RpcError,
     encode,
     encode_notification,
@@ -52,6 +57,18 @@ RECEIVE_CHUNK = 256 * 1024
 # Subscriptions started by the request being handled in this task: their pumps may send only
 # after the response carrying their id has been queued.
 _announcements: contextvars.ContextVar[list[trio.Event]] = contextvars.ContextVar("announcements")
+
+
+QUICK_METHODS = frozenset(("get", "put", "patch", "delete", "list", "status", "namespaces"))
+"""Methods that return as soon as the store has answered (no waiting on peers or timers)."""
+
+
+Parsed = tuple[list[Message], bool]
+"""What :func:`parse_message` returns: the messages of a line, and whether it was a batch."""
+
+
+def _quick(message: Message) -> bool:
+    return not isinstance(message, Invalid) and message.method in QUICK_METHODS
 
 
 def _refusal(message: str, reason: str) -> bytes:
@@ -84,8 +101,10 @@ class Connection:
         self._pump_scopes: set[trio.CancelScope] = set()
         self._subs_stopped = False
         self._in_flight = trio.Semaphore(limits.max_in_flight)
-        self._lines: deque[bytes | None] = deque()
+        self._lines: deque[bytes | Parsed | None] = deque()
         self._send: trio.MemorySendChannel[bytes] | None = None
+        self._queued = 0  # lines in the outgoing channel
+        self._writing = False  # the writer task is sending
         self._work: trio.Nursery | None = None
 
     def stop(self) -> None:
@@ -131,7 +150,21 @@ class Connection:
                 return
             if not data:
                 return
-            for line in splitter.feed(data):
+            lines: list[bytes | Parsed | None] = list(splitter.feed(data))
+            if len(lines) == 1 and lines[0] is not None and not self._busy():
+                # One request and nothing else in flight (a client waiting for each answer):
+                # handle it here rather than in a task of its own. Requests that may wait
+                # long are still given a task, so they never hold up the connection. Shielded
+                # from stop(), like a request in its own task: it finishes and is answered.
+                assert isinstance(lines[0], bytes)
+                parsed = parse_message(lines[0])
+                if not parsed[1] and _quick(parsed[0][0]):
+                    self._in_flight.acquire_nowait()
+                    with trio.CancelScope(shield=True):
+                        await self._handle_messages(*parsed)
+                    continue
+                lines = [parsed]
+            for line in lines:
                 # No scheduler round per line unless the in-flight limit is reached; the order
                 # of requests is kept by _next_line.
                 try:
@@ -152,8 +185,10 @@ class Connection:
         line = self._lines.popleft()
         if line is None:
             await self._too_long()
+        elif isinstance(line, bytes):
+            await self._handle_messages(*parse_message(line))
         else:
-            await self._handle_line(line)
+            await self._handle_messages(*line)
 
     async def _too_long(self) -> None:
         try:
@@ -170,22 +205,39 @@ class Connection:
     async def _emit(self, data: bytes) -> None:
         assert self._send is not None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._queued += 1
             await self._send.send(data)
 
     async def _respond(self, data: bytes) -> None:
-        """Queue a response; without a checkpoint unless the outgoing queue is full."""
+        """Send or queue a response; without a checkpoint unless the outgoing queue is full.
+
+        When nothing is queued or being sent, the response is written straight to the socket
+        (as much as it takes without blocking): no wake-up of the writer task for the common
+        case of one request answered at a time. The rest, if any, is queued in order.
+        """
         assert self._send is not None
+        if not self._queued and not self._writing:
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except OSError:  # full (EAGAIN), or broken: the writer task finds out which
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._queued += 1
             try:
                 self._send.send_nowait(data)
             except trio.WouldBlock:
                 await self._send.send(data)
 
-    async def _handle_line(self, line: bytes) -> None:
+    def _busy(self) -> bool:
+        return self._in_flight.value < self.limits.max_in_flight
+
+    async def _handle_messages(self, messages: list[Message], is_batch: bool) -> None:
         announcements: list[trio.Event] = []
         _announcements.set(announcements)
         try:
-            messages, is_batch = parse_message(line)
             responses: list[dict[str, Any]] = []
             for msg in messages:
                 if isinstance(msg, Invalid):
@@ -217,6 +269,7 @@ class Connection:
         try:
             async with recv:
                 async for first in recv:
+                    self._writing = True
                     chunks = [first]
                     size = len(first)
                     while size < RECEIVE_CHUNK:
@@ -226,7 +279,9 @@ class Connection:
                             break
                         chunks.append(more)
                         size += len(more)
+                    self._queued -= len(chunks)
                     await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
+                    self._writing = False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn_scope.cancel()
 
