@@ -8,13 +8,16 @@ Starts a real daemon (``python -m syncd --home TMP run``, waits for its READY=1 
 - ``api_batched_writes_per_s``: 16 clients, each pipelining up to 64 ``put`` requests;
 - ``api_get_p50_ms``: median round trip of ``get`` of an existing document;
 - ``raw_sqlite_commits_per_s``: single-row transactions in a WAL database with
-  ``synchronous=FULL`` (what the replica uses), in the same directory, in the same run
-  (the mean of one run before and one after the API phases).
+  ``synchronous=FULL`` (what the replica uses), in the same directory, in the same run,
+  in rounds alternating with the single writes (the disk's speed drifts);
+- ``floor_server_writes_per_s``: for scale, the same client against the least any Python
+  daemon does per acknowledged write: a blocking server process that parses the JSON line,
+  commits one row like the raw loop, and answers (no CRDT, no event loop), same rounds.
 
     python bench/api.py [--seconds S] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with those keys plus
-``single_vs_raw``, ``targets_met`` and ``replica_single_puts_per_s`` (sequential puts into
+``single_vs_raw``, ``single_vs_floor``, ``targets_met`` and ``replica_single_puts_per_s`` (sequential puts into
 the replica in-process, without the API: what bounds ``api_single_writes_per_s``).
 Targets (issue 4/8): single >= 40 % of raw, batched >= 10,000/s, get p50 <= 1 ms.
 """
@@ -99,8 +102,38 @@ class LineReader:
         return line
 
 
-def single_writes(d: Daemon, seconds: float) -> float:
-    s = d.connect()
+class FloorServer:
+    """A blocking one-commit-per-request JSON-lines server in a child process."""
+
+    def __init__(self, db: Path) -> None:
+        self.sock, child = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: serve until EOF
+            self.sock.close()
+            try:
+                conn = RawSqlite(db).conn
+                for line in child.makefile("rb"):
+                    msg = json.loads(line)
+                    params = msg["params"]
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(
+                        "INSERT OR REPLACE INTO t VALUES (?, ?)",
+                        (int(params["key"][1:]), json.dumps(params["value"]).encode()),
+                    )
+                    conn.execute("COMMIT")
+                    answer = {"jsonrpc": "2.0", "id": msg["id"], "result": {"ok": True}}
+                    child.sendall(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+            finally:
+                os._exit(0)
+        child.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def single_writes(d: Daemon | FloorServer, seconds: float) -> float:
+    s = d.connect() if isinstance(d, Daemon) else d.sock
     reader = LineReader(s)
     n = 0
     t0 = time.perf_counter()
@@ -111,7 +144,8 @@ def single_writes(d: Daemon, seconds: float) -> float:
             raise SystemExit(f"put failed: {line!r}")
         n += 1
     elapsed = time.perf_counter() - t0
-    s.close()
+    if isinstance(d, Daemon):
+        s.close()
     return n / elapsed
 
 
@@ -242,15 +276,19 @@ def main() -> None:
         try:
             # fsync speed on a shared VM drifts by 10x within minutes: alternate short slices of
             # raw commits and API writes so both see the same disk.
-            raws, singles, replicas = [], [], []
+            raws, singles, replicas, floors = [], [], [], []
             raw_db = RawSqlite(Path(tmp) / "raw.db")
+            floor_server = FloorServer(Path(tmp) / "floor.db")
+            single_writes(floor_server, 0.2)  # warm, like the daemon's first round
             for _ in range(rounds):
                 raws.append(raw_db.rate(args.seconds / rounds))
                 replicas.append(replica_single(Path(tmp) / "replica.db", args.seconds / rounds))
                 singles.append(single_writes(d, args.seconds / rounds))
+                floors.append(single_writes(floor_server, args.seconds / rounds))
             raw_db.close()
+            floor_server.close()
             raw, single = statistics.median(raws), statistics.median(singles)
-            replica_rate = statistics.median(replicas)
+            replica_rate, floor = statistics.median(replicas), statistics.median(floors)
             batched = batched_writes(d, args.seconds, single)
             p50 = get_latency(d)
         finally:
@@ -265,12 +303,18 @@ def main() -> None:
         "api_batched_writes_per_s": round(batched),
         "api_get_p50_ms": round(p50, 3),
         "raw_sqlite_commits_per_s": round(raw),
+        "floor_server_writes_per_s": round(floor),
         "single_vs_raw": round(single / raw, 3),
+        "single_vs_floor": round(single / floor, 3),
         "replica_single_puts_per_s": round(replica_rate),
         "targets_met": targets,
     }
     print(f"raw SQLite commits (WAL, FULL):   {raw:10.0f} /s")
     print(f"API single writes (acknowledged): {single:10.0f} /s  ({single / raw:.0%} of raw)")
+    print(
+        f"floor server, one commit each:    {floor:10.0f} /s  ({floor / raw:.0%} of raw;"
+        f" the API does {single / floor:.0%} of it)"
+    )
     print(
         f"replica alone, sequential puts:   {replica_rate:10.0f} /s"
         f"  ({replica_rate / raw:.0%} of raw)"
