@@ -17,8 +17,9 @@ Starts a real daemon (``python -m syncd --home TMP run``, waits for its READY=1 
     python bench/api.py [--seconds S] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with those keys plus
-``single_vs_raw``, ``single_vs_floor``, ``targets_met`` and ``replica_single_puts_per_s`` (sequential puts into
-the replica in-process, without the API: what bounds ``api_single_writes_per_s``).
+``single_vs_raw``, ``single_vs_floor``, ``targets_met`` and ``replica_single_puts_per_s``
+(sequential puts into the replica in-process, without the API: what bounds
+``api_single_writes_per_s``).
 Targets (issue 4/8): single >= 40 % of raw, batched >= 10,000/s, get p50 <= 1 ms.
 """
 

@@ -13,8 +13,9 @@ queued in a scheduler round as one group and runs it in one of two places:
 
 Requests reach the store in the order they were made either way: the committer never runs a
 group here while requests it handed to the thread are outstanding. A read made while nothing
-is queued runs at once, without waiting for a round. Writes are reported only once durable,
-and the committed changes go to subscribers in commit order.
+is queued runs at once, without waiting for a round, and so does a write made while nothing
+is queued and no other task is ready to run (nobody could join its group). Writes are
+reported only once durable, and the committed changes go to subscribers in commit order.
 
 Cancelling a call stops the wait, not the request: a write whose caller was cancelled may
 still be applied (and then appears in the change feed).
@@ -152,6 +153,18 @@ class AsyncReplica:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closing:
             raise ReplicaClosedError(f"{self.path}: the replica is closed")
+        if (
+            not self._queued
+            and not self._outstanding
+            and not trio.lowlevel.current_statistics().tasks_runnable
+            and self._writer.stats.batch_s_avg < INLINE_BATCH_MAX_S
+        ):
+            # Nobody else can make a call before this one would commit (no other task is
+            # ready to run): commit it at once rather than through the committer.
+            box: list[outcome.Outcome[T]] = []
+            if self._writer.run_here([Request(fn, _BoxSink(box), None, doc)]):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return box[0].unwrap()
         request = Request(fn, self._sink, trio.lowlevel.current_task(), doc)
         self._queue(request)
 
