@@ -103,7 +103,8 @@ def test_dot_counter_resumes_from_the_committed_context(db: Path) -> None:
     conn = sqlite3.connect(db)
     (nxt,) = conn.execute("SELECT next FROM replicas WHERE replica = ?", (rid,)).fetchone()
     conn.close()
-    assert nxt is None  # not written per commit
+    assert nxt == 0  # not written per commit, nor is its context range
+    assert check_database(db) == []
     with Store(db, replica_id=rid) as s:
         change = s.apply_local("ns", "again", Put({"i": 9}))
         assert change.dots is not None and change.dots[0] == top + 1
@@ -359,3 +360,32 @@ def test_cache_is_bounded(db: Path) -> None:
         assert [s.get("ns", f"k{i}").value for i in range(0, 500, 97)] == [
             {"i": i} for i in range(0, 500, 97)
         ]
+
+
+def test_own_context_is_implicit_then_written_at_the_next_open(db: Path) -> None:
+    # An incarnation's own dots are 1..n without a gap, so its context range is not written
+    # per commit (one WAL page less); the next open writes it, before peers may bring that
+    # replica's dots back (a restored backup meeting a peer that holds newer ones).
+    with Store(db) as s:
+        for i in range(5):
+            s.apply_local("ns", f"k{i}", Put({"i": i}))
+        old, top = s.replica_id, s.context("ns").max(s.replica_id)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM ctx").fetchone() == (0,)
+    conn.close()
+    assert check_database(db) == []
+    with Store(db) as s:
+        own = s.context("ns").for_replica(old)
+        assert own is not None
+        assert list(own.pairs()) == [(1, top)]
+        # A peer sends a document of the old incarnation that this copy never had.
+        later = Document().put({"from": "peer"}, DotCounter(old, top + 5))
+        s.apply_remote("ns", [("later", later)], "DEV-P")
+    assert check_database(db) == []
+    with Store(db) as s:
+        held = s.context("ns").for_replica(old)
+        assert held is not None
+        sent = later.ctx.for_replica(old)
+        assert sent is not None and min(sent.pairs())[0] == top + 5
+        assert list(held.pairs()) == [(1, top), *sent.pairs()]  # no gap papered over
+        assert s.get("ns", "later").value == {"from": "peer"}

@@ -47,7 +47,7 @@ def new_replica_id() -> str:
 
 
 class NamespaceState:
-    __slots__ = ("counter", "ctx", "dirty", "name", "ns_id", "rids")
+    __slots__ = ("counter", "ctx", "dirty", "implicit_own", "name", "ns_id", "rids")
 
     def __init__(self, ns_id: int, name: str) -> None:
         self.ns_id = ns_id
@@ -55,6 +55,7 @@ class NamespaceState:
         self.ctx: CausalContext | None = None  # loaded on first use
         self.rids: dict[str, int] = {}
         self.counter: DotCounter | None = None  # this incarnation's, once it wrote here
+        self.implicit_own = False  # this incarnation's context range is not written to ctx
         self.dirty: dict[str, list[ranges.Span]] = {}
 
 
@@ -100,6 +101,7 @@ class StoreCore:
                 _fsync_dir(self.path.parent)
             if check:
                 schema.quick_check(self._conn, self.path)
+            self._settle_own_contexts()
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -117,6 +119,21 @@ class StoreCore:
         self._load_namespaces()
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _settle_own_contexts(self) -> None:
+        """Write the context ranges that earlier incarnations left implicit (schema 3)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ranges.settle_own_contexts(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise schema.database_error(self.path, "cannot open the database", exc) from exc
 
     def close(self) -> None:
         """Close the database (an open batch is rolled back)."""
@@ -368,12 +385,15 @@ class StoreCore:
                 (nss.ns_id, self.replica_id),
             ).fetchone()
             if row is None:
-                cur = conn.execute(
-                    "INSERT INTO replicas (ns_id, replica) VALUES (?, ?)",
+                cur = conn.execute(  # next = 0: its context range is implicit (schema.py)
+                    "INSERT INTO replicas (ns_id, replica, next) VALUES (?, ?, 0)",
                     (nss.ns_id, self.replica_id),
                 )
                 assert cur.lastrowid is not None
                 row = (cur.lastrowid, None)
+                nss.implicit_own = True
+            # else: a replica id given to the constructor that has been used here before;
+            # its context is written to ctx like anyone's.
             nss.rids[self.replica_id] = row[0]
             start = max(row[1] or 1, ctx.max(self.replica_id) + 1)
             nss.counter = DotCounter(self.replica_id, start)
@@ -460,6 +480,8 @@ class StoreCore:
         for nss in touched.values():
             ctx = self._ctx(nss)
             for replica, spans in nss.dirty.items():
+                if replica == self.replica_id and nss.implicit_own:
+                    continue  # implicit: 1..max(hi) of its dot-index rows (schema.py)
                 rs = ctx.for_replica(replica)
                 assert rs is not None
                 ranges.write_ctx(conn, nss.rids[replica], ranges.covering(rs, spans))

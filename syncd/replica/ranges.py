@@ -79,12 +79,14 @@ class IndexWrites:
 
 def load_ctx(conn: sqlite3.Connection, ns_id: int) -> tuple[CausalContext, dict[str, int]]:
     """A namespace's context and its replica ids → rids."""
-    rids = {
-        replica: rid
-        for rid, replica in conn.execute(
-            "SELECT rid, replica FROM replicas WHERE ns_id = ?", (ns_id,)
-        )
-    }
+    rids: dict[str, int] = {}
+    own: list[tuple[str, int]] = []
+    for rid, replica, nxt in conn.execute(
+        "SELECT rid, replica, next FROM replicas WHERE ns_id = ?", (ns_id,)
+    ):
+        rids[replica] = rid
+        if nxt == 0:
+            own.append((replica, rid))
     names = {rid: replica for replica, rid in rids.items()}
     ctx = CausalContext()
     for rid, lo, hi in conn.execute(
@@ -93,7 +95,33 @@ def load_ctx(conn: sqlite3.Connection, ns_id: int) -> tuple[CausalContext, dict[
         (ns_id,),
     ):
         ctx.add_range(names[rid], lo, hi)
+    for replica, rid in own:
+        top = own_top(conn, rid)
+        if top:
+            ctx.add_range(replica, 1, top)
     return ctx, rids
+
+
+def own_top(conn: sqlite3.Connection, rid: int) -> int:
+    """The highest dot of ``rid`` in the dot index (0 if none)."""
+    (top,) = conn.execute("SELECT max(hi) FROM dot_index WHERE rid = ?", (rid,)).fetchone()
+    return int(top or 0)
+
+
+def settle_own_contexts(conn: sqlite3.Connection) -> None:
+    """Write the context range of every earlier incarnation of this store (``next = 0``).
+
+    Run at open, before this incarnation writes: after that, peers may send the dots of an
+    earlier incarnation back (after a restore from a backup, say), and ``1..max(hi)`` would
+    no longer be exact. Up to now it is: those dots were all made and committed here, in
+    order. Inside the caller's transaction.
+    """
+    for (rid,) in conn.execute("SELECT rid FROM replicas WHERE next = 0").fetchall():
+        top = own_top(conn, rid)
+        conn.execute("DELETE FROM ctx WHERE rid = ?", (rid,))  # a subset of 1..top, if any
+        if top:
+            conn.execute("INSERT INTO ctx (rid, lo, hi) VALUES (?, 1, ?)", (rid, top))
+        conn.execute("UPDATE replicas SET next = NULL WHERE rid = ?", (rid,))
 
 
 def rid_for(conn: sqlite3.Connection, ns_id: int, replica: str) -> int:

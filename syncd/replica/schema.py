@@ -12,14 +12,19 @@ Tables (``rid`` numbers one replica within one namespace; dot counters are per n
 
 - ``namespaces(ns_id, name)``
 - ``replicas(rid, ns_id, replica, next)``: every replica whose dots the namespace holds.
-  ``next`` is NULL: a store's dot counter resumes after the highest dot of its replica in
-  ``ctx``, which every commit that took a dot updated. (Versions up to 0.1 wrote the
-  counter there at each commit; such a value is still honoured as a floor.)
+  ``next`` is 0 for the replica of a store's own incarnation until that incarnation's
+  context has been written to ``ctx`` (see below), NULL otherwise. (Schema 2 wrote the dot
+  counter there at each commit; such a value is honoured as a floor.)
 - ``ctx(rid, lo, hi)``: the namespace causal context, disjoint ranges ``lo..hi`` per replica.
+  The dots of the incarnation that is writing are not written here at each commit: they
+  are ``1..n`` without a gap (a store hands them out in order, and only its own commits
+  bring them), ``n`` being the highest in ``dot_index``, so a row ``next = 0`` stands for
+  the range ``1..max(hi)``. The next open writes that range here and sets ``next`` to NULL
+  (schema 3): from then on peers may bring that replica's dots like anyone's.
 - ``docs(doc_id, ns_id, key, live, state)``: encoded CRDT state of every document, deleted
   ones included (their context still matters to anti-entropy); ``live`` mirrors ``exists()``.
 - ``dot_index(rid, hi, doc_id, lo)``: the ranges of each document's context, so "documents
-  holding dots a peer lacks" is a range query (schema 2).
+  holding dots a peer lacks" is a range query (schema 2). Every committed dot is here.
 - ``peer_state(peer, ns_id, data)``: opaque per-peer sync metadata (schema 2).
 - ``devices(device_id, name, addresses, last_seen)``: the trusted devices, and
   ``shares(ns_id, device_id)``: which namespace is shared with which of them (schema 2).
@@ -39,7 +44,7 @@ from syncd.replica.errors import (
 )
 
 APPLICATION_ID = 0x73796E63  # "sync"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SYNCHRONOUS_LEVELS = ("full", "normal", "extra")
 
@@ -147,6 +152,12 @@ def _migrate_1_to_2(conn: sqlite3.Connection, build_index: IndexBuilder) -> None
     build_index(conn)
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection, build_index: IndexBuilder) -> None:
+    """Nothing to rewrite: schema 3 only gives ``next = 0`` a meaning, which schema 2 never
+    wrote. The version is raised so that older builds refuse a file whose ``ctx`` may lack
+    the range of a ``next = 0`` replica."""
+
+
 def open_database(
     path: Path, *, synchronous: str = "full", build_index: IndexBuilder
 ) -> sqlite3.Connection:
@@ -224,4 +235,5 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection, IndexBuilder], None]] = {
     1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
 }

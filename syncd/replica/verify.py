@@ -10,6 +10,7 @@ from pathlib import Path
 
 from syncd.crdt import CausalContext, decode_document
 from syncd.errors import CodecError
+from syncd.replica.ranges import own_top
 
 
 def check_database(path: Path | str) -> list[str]:
@@ -18,7 +19,9 @@ def check_database(path: Path | str) -> list[str]:
     Checks SQLite's own integrity, that every document decodes and its ``live`` flag matches,
     that each namespace's stored context is the union of its documents' contexts, that the
     dot index holds exactly the ranges of each document's context, and that no dot belongs to
-    two documents. (Dot counters are not rows: they follow from the context.)
+    two documents. (Dot counters are not rows: they follow from the context. The context of
+    a replica with ``next = 0`` is implicit, ``1..max(hi)`` of its index rows: the check
+    then shows that range to be exactly what its documents hold.)
     Opens the file read-only; run it when no store has it open, or accept a snapshot.
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -65,6 +68,11 @@ def _check(conn: sqlite3.Connection) -> list[str]:
     for rid, lo, hi in conn.execute("SELECT rid, lo, hi FROM ctx"):
         ns_id, replica = names[rid]
         stored.setdefault(ns_id, CausalContext()).add_range(replica, lo, hi)
+    for (rid,) in conn.execute("SELECT rid FROM replicas WHERE next = 0"):
+        ns_id, replica = names[rid]  # implicit context 1..max(hi) (see schema.py)
+        top = own_top(conn, rid)
+        if top:
+            stored.setdefault(ns_id, CausalContext()).add_range(replica, 1, top)
     for ns_id in set(stored) | set(union):
         if stored.get(ns_id, CausalContext()) != union.get(ns_id, CausalContext()):
             problems.append(
