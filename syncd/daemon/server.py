@@ -211,12 +211,14 @@ class Connection:
     async def _respond(self, data: bytes) -> None:
         """Send or queue a response; without a checkpoint unless the outgoing queue is full.
 
-        When nothing is queued or being sent, the response is written straight to the socket
-        (as much as it takes without blocking): no wake-up of the writer task for the common
-        case of one request answered at a time. The rest, if any, is queued in order.
+        When this is the only request in flight and nothing is queued or being sent, the
+        response is written straight to the socket (as much as it takes without blocking): no
+        wake-up of the writer task for a client that waits for each answer. The rest, if any,
+        is queued in order. Answers to pipelined requests are queued, so that the writer task
+        sends those of a group commit with one write.
         """
         assert self._send is not None
-        if not self._queued and not self._writing:
+        if not self._queued and not self._writing and not self._others_in_flight():
             try:
                 sent = os.write(self.stream.socket.fileno(), data)
             except OSError:  # full (EAGAIN), or broken: the writer task finds out which
@@ -233,6 +235,10 @@ class Connection:
 
     def _busy(self) -> bool:
         return self._in_flight.value < self.limits.max_in_flight
+
+    def _others_in_flight(self) -> bool:
+        """Whether requests other than the caller's (which holds a slot) are in flight."""
+        return self._in_flight.value < self.limits.max_in_flight - 1
 
     async def _handle_messages(self, messages: list[Message], is_batch: bool) -> None:
         announcements: list[trio.Event] = []
