@@ -161,10 +161,10 @@ class AsyncReplica:
         ):
             # Nobody else can make a call before this one would commit (no other task is
             # ready to run): commit it at once rather than through the committer.
-            box: list[outcome.Outcome[T]] = []
-            if self._writer.run_here([Request(fn, _BoxSink(box), None, doc)]):
+            done = self._run_now(fn, doc)
+            if done is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return box[0].unwrap()
+                return done.unwrap()
         request = Request(fn, self._sink, trio.lowlevel.current_task(), doc)
         self._queue(request)
 
@@ -179,11 +179,18 @@ class AsyncReplica:
         """Run ``fn(store)``, which must not write; at once if nothing is queued or running."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._queued and not self._outstanding and not self._closing:
-            box: list[outcome.Outcome[T]] = []
-            if self._writer.run_here([Request(fn, _BoxSink(box))]):
+            done = self._run_now(fn)
+            if done is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return box[0].unwrap()
+                return done.unwrap()
         return await self.call(fn)
+
+    def _run_now(
+        self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None
+    ) -> outcome.Outcome[T] | None:
+        """Run ``fn`` as a group of its own on this thread; None if the writer is busy."""
+        box: list[outcome.Outcome[T]] = []
+        return box[0] if self._writer.run_here([Request(fn, _BoxSink(box), None, doc)]) else None
 
     def _queue(self, request: Request) -> None:
         self._queued.append(request)
