@@ -7,6 +7,7 @@ server serving. (Process-level behaviour is in test_daemon_process.py.)
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +429,28 @@ async def test_large_answers_to_a_client_that_reads_late_arrive_whole(conn: Line
     assert got[first] == big
     assert got[second] == {"s": 1}
     assert [got[i] for i in pipelined] == [big, {"s": 1}] * 3
+
+
+async def test_a_slow_disk_does_not_stall_answers_that_need_no_store(api: Api, conn: Line) -> None:
+    # Commits that take long move to the replica's writer thread; meanwhile the loop keeps
+    # answering (here an `unwatch` of an unknown subscription, which needs no store).
+    store = api.store.replica.writer.store
+    slow = True
+
+    def slow_disk(point: str) -> None:
+        if point == "flushed" and slow:
+            time.sleep(0.05)  # a disk whose fsync takes 50 ms
+
+    store.fault_hook = slow_disk
+    assert result(await conn.call("put", {"ns": "n", "key": "a", "value": {"v": 1}}))
+    put_id = await conn.send("put", {"ns": "n", "key": "b", "value": {"v": 2}})
+    other_id = await conn.send("unwatch", {"subscription": 12345})
+    first, second = await conn.recv(), await conn.recv()
+    assert (first["id"], second["id"]) == (other_id, put_id)
+    error(first, -32000, "not_found")
+    assert result(second) == {"ok": True}
+    slow = False
+    assert result(await conn.call("get", {"ns": "n", "key": "b"}))["value"] == {"v": 2}
 
 
 # --- sans-IO pieces ------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class ReplicaStore:
         """Unshare a namespace."""
         await self.replica.unshare(ns, devices)
 
+    @property
+    def commits_fast(self) -> bool:
+        """Whether the replica runs its groups on the event loop (fast commits)."""
+        return self.replica.commits_fast
+
     def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Forward the replica's committed changes."""
 

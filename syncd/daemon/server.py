@@ -7,9 +7,10 @@ notifications in order of completion, coalescing what is ready into one write. R
 the request's ``id``; they may overtake each other. Watch subscriptions are pumped by one task
 each from their bounded queue (see :mod:`syncd.daemon.watch`).
 
-The common case of a client that waits for each answer takes a shorter path: a lone request
-that only needs the store is handled by the reader itself, and its answer is written to the
-socket at once when nothing else is queued (the writer task only sends what did not fit).
+The common case of a client that waits for each answer takes a shorter path: while commits
+are fast, a lone request that only needs the store is handled by the reader itself, and its
+answer is written to the socket at once when nothing else is queued (the writer task only
+sends what did not fit).
 
 Shutdown (:meth:`ApiServer.shutdown`): stop accepting, stop reading every connection, let the
 requests in flight finish (writes are shielded, so an accepted write always commits) within a
@@ -151,11 +152,17 @@ class Connection:
             if not data:
                 return
             lines: list[bytes | Parsed | None] = list(splitter.feed(data))
-            if len(lines) == 1 and lines[0] is not None and not self._busy():
-                # One request and nothing else in flight (a client waiting for each answer):
-                # handle it here rather than in a task of its own. Requests that may wait
-                # long are still given a task, so they never hold up the connection. Shielded
-                # from stop(), like a request in its own task: it finishes and is answered.
+            if (
+                len(lines) == 1
+                and lines[0] is not None
+                and not self._busy()
+                and self.server.service.store.commits_fast
+            ):
+                # One request and nothing else in flight (a client waiting for each answer),
+                # and the disk keeps up: handle it here rather than in a task of its own.
+                # Requests that may wait long are still given a task, so they never hold up
+                # the connection. Shielded from stop(), like a request in its own task: it
+                # finishes and is answered.
                 assert isinstance(lines[0], bytes)
                 parsed = parse_message(lines[0])
                 if not parsed[1] and _quick(parsed[0][0]):

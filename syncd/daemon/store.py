@@ -108,6 +108,16 @@ class Store(Protocol):
         """Stop sharing ``ns`` with devices (no error if it was not shared)."""
         ...
 
+    @property
+    def commits_fast(self) -> bool:
+        """Whether a write now commits within a few milliseconds (the disk keeps up).
+
+        The server then handles a lone request in the connection's reader; otherwise each
+        request gets a task, so that a slow commit does not hold up the connection's next
+        requests.
+        """
+        ...
+
     def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` (in the trio thread, must not block) after every committed change.
 

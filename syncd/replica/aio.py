@@ -138,6 +138,11 @@ class AsyncReplica:
         writer.add_listener(self._sink)
 
     @property
+    def commits_fast(self) -> bool:
+        """Whether groups currently run on the trio thread (batches average under the limit)."""
+        return self._writer.stats.batch_s_avg < INLINE_BATCH_MAX_S and not self._outstanding
+
+    @property
     def writer(self) -> Writer:
         """The writer thread (its ``stats`` count batches and commits)."""
         return self._writer
@@ -157,7 +162,7 @@ class AsyncReplica:
             not self._queued
             and not self._outstanding
             and not trio.lowlevel.current_statistics().tasks_runnable
-            and self._writer.stats.batch_s_avg < INLINE_BATCH_MAX_S
+            and self.commits_fast
         ):
             # Nobody else can make a call before this one would commit (no other task is
             # ready to run): commit it at once rather than through the committer.
