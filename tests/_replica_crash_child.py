@@ -56,7 +56,12 @@ def _install_crash(replica_store: object, spec: str) -> None:
 
 async def main(db: str, run: str, writers: int, keys: int, crash: str | None) -> None:
     """Write until killed."""
-    async with open_replica(db) as replica:
+    # CRASH_LOG_ALWAYS: write every document's changes to its delta log (see doclog.py),
+    # which otherwise only large documents use.
+    log_always = (
+        {"log_min_bytes": 0, "log_max_share": 0} if os.environ.get("CRASH_LOG_ALWAYS") else {}
+    )
+    async with open_replica(db, **log_always) as replica:
         if crash:
             _install_crash(replica.writer.store, crash)
         print(f"OPEN {replica.replica_id}", flush=True)

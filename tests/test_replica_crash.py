@@ -50,12 +50,16 @@ class Run:
     acked_dots: list[tuple[str, int, int, str, str]]  # (replica, lo, hi, key, ack)
 
 
-def run_child(db: Path, run: str, *, kill_after: int | None, crash: str | None) -> Run:
+def run_child(
+    db: Path, run: str, *, kill_after: int | None, crash: str | None, log_always: bool = False
+) -> Run:
     """Start a writer, kill it after ``kill_after`` acks (or let it crash itself)."""
     args = [sys.executable, str(CHILD), str(db), run, str(WRITERS), str(KEYS)]
     if crash:
         args.append(crash)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if log_always:
+        env["CRASH_LOG_ALWAYS"] = "1"
     replica_id = ""
     last_ack: dict[int, int] = {}
     dots: list[tuple[str, int, int, str, str]] = []
@@ -143,21 +147,29 @@ def verify(history: History, run: str, result: Run) -> None:
     assert check_database(history.db) == []
 
 
-def crash_loop(tmp_path: Path, kills: int, seed: int) -> None:
+def crash_loop(tmp_path: Path, kills: int, seed: int, log_always: bool = False) -> None:
     rng = random.Random(seed)
     history = History(tmp_path / "replica.sqlite3")
     for n in range(kills):
         run = f"r{n}"
         if n % 2 == 0:
-            result = run_child(history.db, run, kill_after=rng.randint(1, 300), crash=None)
+            kill_after = rng.randint(1, 300)
+            result = run_child(
+                history.db, run, kill_after=kill_after, crash=None, log_always=log_always
+            )
         else:
             crash = f"{POINTS[(n // 2) % 3]}:{rng.randint(1, 200)}"
-            result = run_child(history.db, run, kill_after=None, crash=crash)
+            result = run_child(history.db, run, kill_after=None, crash=crash, log_always=log_always)
         verify(history, run, result)
 
 
 def test_sigkill_at_random_points_and_mid_batch(tmp_path: Path) -> None:
     crash_loop(tmp_path, kills=40, seed=1)
+
+
+def test_sigkill_with_every_change_in_delta_logs(tmp_path: Path) -> None:
+    # The same, with every document kept as a base plus logged deltas (folded every 64).
+    crash_loop(tmp_path, kills=24, seed=3, log_always=True)
 
 
 @pytest.mark.slow

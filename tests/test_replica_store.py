@@ -18,6 +18,7 @@ from syncd.replica import (
     Put,
     SchemaTooNewError,
     Store,
+    doclog,
     schema,
 )
 from syncd.replica import core as replica_core
@@ -389,3 +390,83 @@ def test_own_context_is_implicit_then_written_at_the_next_open(db: Path) -> None
         assert sent is not None and min(sent.pairs())[0] == top + 5
         assert list(held.pairs()) == [(1, top), *sent.pairs()]  # no gap papered over
         assert s.get("ns", "later").value == {"from": "peer"}
+
+
+def _log_rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM doc_deltas").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _stored_state(db: Path, key: str) -> bytes:
+    conn = sqlite3.connect(db)
+    try:
+        return bytes(conn.execute("SELECT state FROM docs WHERE key = ?", (key,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _keystroke(i: int) -> Patch:
+    return Patch([{"op": "insert", "path": ["body"], "index": 1000 + i, "text": "z"}])
+
+
+def test_small_writes_to_a_large_document_go_to_its_delta_log(db: Path) -> None:
+    body = "".join(chr(97 + (i * 7) % 26) for i in range(40_000))
+    with Store(db) as s:
+        make = {"op": "make", "path": ["body"], "type": "text", "value": body}
+        s.apply_local("n", "big", Patch([make]))
+        base = _stored_state(db, "big")
+        assert len(base) >= doclog.LOG_MIN_STATE_BYTES
+        for i in range(10):
+            s.apply_local("n", "big", _keystroke(i))
+        assert _log_rows(db) == 10
+        assert _stored_state(db, "big") == base  # the base was not rewritten
+        before = s.document("n", "big")
+    assert check_database(db) == []
+    with Store(db) as s:  # base + log, joined back
+        assert s.document("n", "big") == before
+        for i in range(10, 10 + doclog.LOG_MAX_ROWS):
+            s.apply_local("n", "big", _keystroke(i))
+        folded = s.document("n", "big")
+    assert _log_rows(db) < doclog.LOG_MAX_ROWS  # folded into a new base on the way
+    assert _stored_state(db, "big") != base
+    assert check_database(db) == []
+    with Store(db) as s:
+        assert s.document("n", "big") == folded
+        value = s.get("n", "big").value
+        assert value is not None
+        assert value["body"].count("z") == body.count("z") + 10 + doclog.LOG_MAX_ROWS
+
+
+def test_delta_log_keeps_deletes_and_remote_changes(db: Path) -> None:
+    with Store(db, log_min_bytes=0, log_max_share=0) as s:  # every document logs
+        s.apply_local("n", "k", Put({"t": "x"}))
+        s.apply_local("n", "k", Put({"t": "y", "u": 1}))
+        s.apply_local("n", "gone", Put({"t": "x"}))
+        s.apply_local("n", "gone", Delete())
+        peer = Document().put({"from": "peer"}, DotCounter("peer", 1))
+        s.apply_remote("n", [("k", peer)], "DEV-P")
+        assert _log_rows(db) >= 3
+        expected = {key: s.document("n", key) for key in ("k", "gone")}
+        assert s.list_keys("n") == ["k"]
+    assert check_database(db) == []
+    with Store(db) as s:
+        assert {key: s.document("n", key) for key in ("k", "gone")} == expected
+        assert s.get("n", "k").value == {"t": "y", "u": 1, "from": "peer"}
+        assert not s.get("n", "gone").exists
+        assert s.list_keys("n") == ["k"]
+
+
+def test_an_unreadable_delta_log_is_reported_not_skipped(db: Path) -> None:
+    with Store(db, log_min_bytes=0, log_max_share=0) as s:
+        s.apply_local("n", "k", Put({"t": "x"}))
+        s.apply_local("n", "k", Put({"t": "y"}))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE doc_deltas SET delta = x'ff00ff'")
+    conn.close()
+    with Store(db) as s, pytest.raises(CorruptDatabaseError, match="delta log of document 'k'"):
+        s.get("n", "k")
+    assert any("does not decode" in p for p in check_database(db))

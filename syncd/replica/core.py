@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from syncd.crdt import CausalContext, Document, DotCounter, decode_document, encode_document
 from syncd.errors import CodecError
-from syncd.replica import ranges, schema
+from syncd.replica import doclog, ranges, schema
 from syncd.replica.cache import LRUCache
 from syncd.replica.errors import (
     CorruptDatabaseError,
@@ -60,7 +60,20 @@ class NamespaceState:
 
 
 class DocEntry:
-    __slots__ = ("dirty", "doc", "doc_id", "fresh", "key", "ns", "stored_live")
+    __slots__ = (
+        "base_bytes",
+        "dirty",
+        "doc",
+        "doc_id",
+        "fresh",
+        "key",
+        "log_bytes",
+        "log_rows",
+        "log_seq",
+        "ns",
+        "pending",
+        "stored_live",
+    )
 
     def __init__(self, ns: NamespaceState, key: str, doc: Document, doc_id: int | None) -> None:
         self.ns = ns
@@ -71,6 +84,17 @@ class DocEntry:
         self.dirty: dict[str, list[ranges.Span]] = {}
         self.fresh: list[ranges.Span] = []
         """Spans of this store's own dots that the document did not hold before this batch."""
+        self.pending: list[Document] = []
+        """Deltas joined in this batch (what the delta log would append, see doclog.py)."""
+        self.base_bytes = 0  # the stored state's size, and the stored log's rows and bytes
+        self.log_rows = 0
+        self.log_bytes = 0
+        self.log_seq = 0  # the next log row's number
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the document takes on disk (a stand-in for its size in memory)."""
+        return self.base_bytes + self.log_bytes
 
 
 class StoreCore:
@@ -85,8 +109,12 @@ class StoreCore:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         replica_id: str | None = None,
         check: bool = False,
+        log_min_bytes: int = doclog.LOG_MIN_STATE_BYTES,
+        log_max_share: int = doclog.LOG_MAX_SHARE,
     ) -> None:
         self.path = Path(path)
+        self._log_min_bytes = log_min_bytes
+        self._log_max_share = log_max_share
         self.replica_id = replica_id or new_replica_id()
         self._lock_fd = _lock(self.path)
         try:
@@ -292,6 +320,42 @@ class StoreCore:
                 f"{self.path}: document {key!r} of namespace {nss.name!r} is unreadable: {exc}"
             ) from exc
 
+    def _loaded(
+        self,
+        nss: NamespaceState,
+        key: str,
+        doc_id: int,
+        state: bytes,
+        log: list[tuple[int, bytes]] | None,
+    ) -> DocEntry:
+        """A stored document, decoded with its delta log joined in, and cached.
+
+        Raises :class:`CorruptDatabaseError` if the state or a logged delta does not decode.
+        """
+        doc = self._decode(nss, key, state)
+        entry = DocEntry(nss, key, doc, doc_id)
+        entry.base_bytes = len(state)
+        if log:
+            try:
+                doclog.replay(doc, log)
+            except CodecError as exc:
+                raise CorruptDatabaseError(
+                    f"{self.path}: the delta log of document {key!r} of namespace "
+                    f"{nss.name!r} is unreadable: {exc}"
+                ) from exc
+            entry.stored_live = doc.exists()
+            entry.log_rows = len(log)
+            entry.log_bytes = sum(len(blob) for _, blob in log)
+            entry.log_seq = log[-1][0] + 1
+        self._cache.put((nss.ns_id, key), entry, entry.stored_bytes)
+        return entry
+
+    def _log_of(self, doc_id: int) -> list[tuple[int, bytes]] | None:
+        try:
+            return doclog.load(self._conn, [doc_id]).get(doc_id)
+        except sqlite3.Error as exc:
+            raise schema.database_error(self.path, "read failed", exc) from exc
+
     def _entry(self, nss: NamespaceState, key: str, create: bool) -> DocEntry | None:
         """The loaded document (dirty first, then cache, then disk), or a new empty one."""
         ck = (nss.ns_id, key)
@@ -303,8 +367,7 @@ class StoreCore:
         )
         if row:
             doc_id, state = row[0]
-            entry = DocEntry(nss, key, self._decode(nss, key, state), doc_id)
-            self._cache.put(ck, entry, len(state))
+            entry = self._loaded(nss, key, doc_id, state, self._log_of(doc_id))
         elif create:
             entry = DocEntry(nss, key, Document(), None)
             self._cache.put(ck, entry, 64)
@@ -348,26 +411,17 @@ class StoreCore:
     def _prefetch_chunk(self, nss: NamespaceState, keys: list[str]) -> None:
         pad = [keys[0]] * (PREFETCH_CHUNK - len(keys))  # one statement text for any count
         rows = self._conn.execute(_PREFETCH_SQL, (nss.ns_id, *keys, *pad)).fetchall()
+        logs = doclog.load(self._conn, [doc_id for _, doc_id, _ in rows])
         found = set()
         for key, doc_id, state in rows:
             found.add(key)
             try:
-                doc = decode_document(state)
-            except CodecError:
+                self._loaded(nss, key, doc_id, state, logs.get(doc_id))
+            except CorruptDatabaseError:
                 continue  # the write that loads it reports the damage
-            self._cache.put((nss.ns_id, key), DocEntry(nss, key, doc, doc_id), len(state))
         for key in keys:
             if key not in found:
                 self._cache.put((nss.ns_id, key), DocEntry(nss, key, Document(), None), 64)
-
-    def _entry_by_id(self, nss: NamespaceState, doc_id: int) -> DocEntry:
-        (key, state), *_ = self._query("SELECT key, state FROM docs WHERE doc_id = ?", (doc_id,))
-        ck = (nss.ns_id, key)
-        entry = self._dirty.get(ck) or self._cache.get(ck)
-        if entry is None:
-            entry = DocEntry(nss, key, self._decode(nss, key, state), doc_id)
-            self._cache.put(ck, entry, len(state))
-        return entry
 
     def _counter(self, nss: NamespaceState) -> DotCounter:
         """This incarnation's dot counter for a namespace (its row is made on first use).
@@ -437,35 +491,48 @@ class StoreCore:
         inserts: list[tuple[int, int, str, bool, bytes]] = []
         live_updates: list[tuple[bool, bytes, int]] = []
         state_updates: list[tuple[bytes, int]] = []
+        live_only: list[tuple[bool, int]] = []
         index = ranges.IndexWrites()
+        log = doclog.LogWrites()
         for ck, entry in self._dirty.items():
             nss = entry.ns
             touched[nss.ns_id] = nss
             doc = entry.doc
-            state = encode_document(doc)
             live = doc.exists()
             fresh = entry.doc_id is None
-            if entry.doc_id is None:
-                entry.doc_id = self._take_doc_id()
-                inserts.append((entry.doc_id, nss.ns_id, entry.key, live, state))
+            if not self._log_pending(entry, log):
+                state = encode_document(doc)
+                if entry.doc_id is None:
+                    entry.doc_id = self._take_doc_id()
+                    inserts.append((entry.doc_id, nss.ns_id, entry.key, live, state))
+                elif live != entry.stored_live:
+                    live_updates.append((live, state, entry.doc_id))
+                else:
+                    state_updates.append((state, entry.doc_id))
+                if entry.log_rows:
+                    log.folded.append((entry.doc_id,))
+                entry.base_bytes = len(state)
+                entry.log_rows = entry.log_bytes = entry.log_seq = 0
             elif live != entry.stored_live:
-                live_updates.append((live, state, entry.doc_id))
-            else:
-                state_updates.append((state, entry.doc_id))
+                assert entry.doc_id is not None
+                live_only.append((live, entry.doc_id))
+            entry.pending.clear()
             entry.stored_live = live
+            doc_id = entry.doc_id
+            assert doc_id is not None
             for replica, spans in entry.dirty.items():
                 rs = doc.ctx.for_replica(replica)
                 assert rs is not None
                 index.add(
                     nss.rids[replica],
-                    entry.doc_id,
+                    doc_id,
                     ranges.covering(rs, spans),
                     fresh,
                     entry.fresh if replica == self.replica_id else (),
                 )
             entry.dirty.clear()
             entry.fresh.clear()
-            self._cache.put(ck, entry, len(state))
+            self._cache.put(ck, entry, entry.stored_bytes)
         self._dirty.clear()
         if inserts:
             conn.executemany(
@@ -476,6 +543,9 @@ class StoreCore:
             conn.executemany("UPDATE docs SET live = ?, state = ? WHERE doc_id = ?", live_updates)
         if state_updates:
             conn.executemany("UPDATE docs SET state = ? WHERE doc_id = ?", state_updates)
+        if live_only:
+            conn.executemany("UPDATE docs SET live = ? WHERE doc_id = ?", live_only)
+        log.write(conn)
         index.write(conn)
         for nss in touched.values():
             ctx = self._ctx(nss)
@@ -486,6 +556,25 @@ class StoreCore:
                 assert rs is not None
                 ranges.write_ctx(conn, nss.rids[replica], ranges.covering(rs, spans))
             nss.dirty.clear()
+
+    def _log_pending(self, entry: DocEntry, log: doclog.LogWrites) -> bool:
+        """Queue the batch's deltas of a large stored document as log rows, if they fit."""
+        if entry.doc_id is None or not entry.pending:
+            return False
+        if entry.base_bytes < self._log_min_bytes:
+            return False  # small: rewritten whole, without encoding the deltas too
+        blobs = [encode_document(delta) for delta in entry.pending]
+        size = sum(len(blob) for blob in blobs)
+        if not doclog.fits(
+            entry.base_bytes, entry.log_rows, entry.log_bytes, len(blobs), size, self._log_max_share
+        ):
+            return False
+        for blob in blobs:
+            log.appends.append((entry.doc_id, entry.log_seq, blob))
+            entry.log_seq += 1
+        entry.log_rows += len(blobs)
+        entry.log_bytes += size
+        return True
 
     def _take_doc_id(self) -> int:
         """A fresh document id (ids are handed out here, so inserts can be batched)."""

@@ -25,6 +25,9 @@ Tables (``rid`` numbers one replica within one namespace; dot counters are per n
   ones included (their context still matters to anti-entropy); ``live`` mirrors ``exists()``.
 - ``dot_index(rid, hi, doc_id, lo)``: the ranges of each document's context, so "documents
   holding dots a peer lacks" is a range query (schema 2). Every committed dot is here.
+- ``doc_deltas(doc_id, seq, delta)``: deltas written to a large document since its ``state``
+  was last stored whole; the document is ``state`` joined with them in ``seq`` order (schema
+  4, see ``doclog.py``).
 - ``peer_state(peer, ns_id, data)``: opaque per-peer sync metadata (schema 2).
 - ``devices(device_id, name, addresses, last_seen)``: the trusted devices, and
   ``shares(ns_id, device_id)``: which namespace is shared with which of them (schema 2).
@@ -44,7 +47,7 @@ from syncd.replica.errors import (
 )
 
 APPLICATION_ID = 0x73796E63  # "sync"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SYNCHRONOUS_LEVELS = ("full", "normal", "extra")
 
@@ -103,6 +106,15 @@ CREATE TABLE shares (
 ) WITHOUT ROWID;
 """
 
+SCHEMA_V4_ADDITIONS = """
+CREATE TABLE doc_deltas (
+    doc_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    delta BLOB NOT NULL,
+    PRIMARY KEY (doc_id, seq)
+) WITHOUT ROWID;
+"""
+
 IndexBuilder = Callable[[sqlite3.Connection], None]
 
 
@@ -135,7 +147,7 @@ def _check_header(path: Path) -> None:
 
 def _create(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    for statement in _statements(SCHEMA_V1 + SCHEMA_V2_ADDITIONS):
+    for statement in _statements(SCHEMA_V1 + SCHEMA_V2_ADDITIONS + SCHEMA_V4_ADDITIONS):
         conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -156,6 +168,11 @@ def _migrate_2_to_3(conn: sqlite3.Connection, build_index: IndexBuilder) -> None
     """Nothing to rewrite: schema 3 only gives ``next = 0`` a meaning, which schema 2 never
     wrote. The version is raised so that older builds refuse a file whose ``ctx`` may lack
     the range of a ``next = 0`` replica."""
+
+
+def _migrate_3_to_4(conn: sqlite3.Connection, build_index: IndexBuilder) -> None:
+    for statement in _statements(SCHEMA_V4_ADDITIONS):
+        conn.execute(statement)
 
 
 def open_database(
@@ -236,4 +253,5 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection, IndexBuilder], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
 }

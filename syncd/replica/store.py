@@ -90,8 +90,10 @@ class Store(StoreCore):
         taken = (before, counter.next - 1) if counter.next > before else None
         if taken is not None:
             self._record_taken(entry, *taken)
+            entry.pending.append(delta)
         elif not delta.is_bottom():
             self._record(entry, delta)
+            entry.pending.append(delta)
         # else: nothing changed (e.g. a put of the current value): nothing to write.
         change = Change(ns, key, doc.render(), LOCAL, existed, delta, taken)
         self._changes.append(change)
@@ -135,6 +137,7 @@ class Store(StoreCore):
             before = entry.doc.ctx.copy()
             if entry.doc.join(delta):
                 self._record(entry, delta)
+                entry.pending.append(delta)
                 new = delta.delta_since(before) or Document()
                 out.append((key, new))
                 self._changes.append(Change(ns, key, entry.doc.render(), origin, existed, new))

@@ -10,18 +10,20 @@ from pathlib import Path
 
 from syncd.crdt import CausalContext, decode_document
 from syncd.errors import CodecError
+from syncd.replica import doclog
 from syncd.replica.ranges import own_top
 
 
 def check_database(path: Path | str) -> list[str]:
     """Every inconsistency found in the database at ``path`` (empty when consistent).
 
-    Checks SQLite's own integrity, that every document decodes and its ``live`` flag matches,
-    that each namespace's stored context is the union of its documents' contexts, that the
-    dot index holds exactly the ranges of each document's context, and that no dot belongs to
-    two documents. (Dot counters are not rows: they follow from the context. The context of
-    a replica with ``next = 0`` is implicit, ``1..max(hi)`` of its index rows: the check
-    then shows that range to be exactly what its documents hold.)
+    Checks SQLite's own integrity, that every document decodes (with its delta log) and its
+    ``live`` flag matches, that each namespace's stored context is the union of its
+    documents' contexts, that the dot index holds exactly the ranges of each document's
+    context, and that no dot belongs to two documents. (Dot counters are not rows: they
+    follow from the context. The context of a replica with ``next = 0`` is implicit,
+    ``1..max(hi)`` of its index rows: the check then shows that range to be exactly what its
+    documents hold.)
     Opens the file read-only; run it when no store has it open, or accept a snapshot.
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -41,11 +43,15 @@ def _check(conn: sqlite3.Connection) -> list[str]:
     union: dict[int, CausalContext] = {}
     expected_index: set[tuple[int, int, int, int]] = set()
     owner: dict[tuple[int, str], CausalContext] = {}
+    logs: dict[int, list[tuple[int, bytes]]] = {}
+    for doc_id, seq, blob in conn.execute("SELECT doc_id, seq, delta FROM doc_deltas"):
+        logs.setdefault(doc_id, []).append((seq, bytes(blob)))
     for doc_id, ns_id, key, live, state in conn.execute(
         "SELECT doc_id, ns_id, key, live, state FROM docs"
     ):
         try:
             doc = decode_document(bytes(state))
+            doclog.replay(doc, sorted(logs.pop(doc_id, [])))
         except CodecError as exc:
             problems.append(f"document {key!r} (ns {ns_id}) does not decode: {exc}")
             continue
@@ -79,6 +85,7 @@ def _check(conn: sqlite3.Connection) -> list[str]:
                 f"namespace {ns_id}: stored context {stored.get(ns_id)!r} is not the union "
                 f"of its documents' {union.get(ns_id)!r}"
             )
+    problems += [f"delta log of a document that does not exist: {doc_id}" for doc_id in logs]
     index = set(conn.execute("SELECT rid, hi, lo, doc_id FROM dot_index"))
     if index != expected_index:
         problems.append(
