@@ -139,7 +139,8 @@ class AsyncReplica:
 
     @property
     def commits_fast(self) -> bool:
-        """Whether groups currently run on the trio thread (batches average under the limit)."""
+        """Whether groups run on the trio thread now: batches average under the limit, and
+        no group given to the writer thread is unfinished (order comes first)."""
         return self._writer.stats.batch_s_avg < INLINE_BATCH_MAX_S and not self._outstanding
 
     @property
@@ -227,11 +228,7 @@ class AsyncReplica:
                 await trio.lowlevel.wait_task_rescheduled(self._abort_park)
             group, self._queued = self._queued, []
             writer = self._writer
-            if (
-                self._outstanding
-                or writer.stats.batch_s_avg >= INLINE_BATCH_MAX_S
-                or not writer.run_here(group)
-            ):
+            if not self.commits_fast or not writer.run_here(group):
                 for i, request in enumerate(group):
                     try:
                         writer.submit(request)
