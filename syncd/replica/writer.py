@@ -73,6 +73,10 @@ class Request:
         """Set by a caller that stopped waiting; the request may still run."""
 
 
+Report = tuple[list[tuple[Request, outcome.Outcome[Any]]], list[Change]]
+"""A batch's outcomes for the sinks, and its committed changes for the listeners."""
+
+
 @dataclass(slots=True)
 class WriterStats:
     """Counters for tests and benchmarks."""
@@ -145,6 +149,7 @@ class Writer:
         """
         if not self._store_lock.acquire(blocking=False):
             return False
+        reports: list[Report] = []
         try:
             if self._closed:
                 return False
@@ -152,12 +157,13 @@ class Writer:
             while pending:
                 batch, pending = pending[: self.max_batch], pending[self.max_batch :]
                 self.stats.inline_batches += 1
-                retry = self._run_batch(batch)
+                retry = self._run_batch(batch, reports)
                 self.stats.retried += len(retry)
                 pending = retry + pending
-            return True
         finally:
             self._store_lock.release()
+        self._report(reports)
+        return True
 
     def add_listener(self, sink: Sink) -> None:
         """Show ``sink`` every batch's committed changes (with its own outcomes, if any)."""
@@ -200,8 +206,11 @@ class Writer:
                         break
                     pending.append(item)
                 batch, pending = pending[: self.max_batch], pending[self.max_batch :]
+                reports: list[Report] = []
                 with self._store_lock:
-                    retry = self._run_batch(batch)
+                    retry = self._run_batch(batch, reports)
+                # Reported once the store is free again: whoever a report wakes may want it.
+                self._report(reports)
                 self.stats.retried += len(retry)
                 pending = retry + pending
         except BaseException as exc:  # a bug in the writer itself: fail loudly, not silently
@@ -210,17 +219,21 @@ class Writer:
         finally:
             self._shutdown(pending)
 
-    def _run_batch(self, batch: list[Request]) -> list[Request]:
-        """Run and commit one group; return the requests to run again (after a poisoning)."""
+    def _run_batch(self, batch: list[Request], reports: list[Report]) -> list[Request]:
+        """Run and commit one group; return the requests to run again (after a poisoning).
+
+        What to tell the sinks is appended to ``reports``, for :meth:`_report` once the store
+        lock is released.
+        """
         started = time.perf_counter()
         try:
-            return self._run_batch_timed(batch)
+            return self._run_batch_timed(batch, reports)
         finally:
             if self._wrote:  # reads and no-op writes would make the average look fast
                 stats = self.stats
                 stats.batch_s_avg += (time.perf_counter() - started - stats.batch_s_avg) / 4
 
-    def _run_batch_timed(self, batch: list[Request]) -> list[Request]:
+    def _run_batch_timed(self, batch: list[Request], reports: list[Report]) -> list[Request]:
         store = self.store
         self.stats.batches += 1
         self._wrote = False
@@ -234,7 +247,7 @@ class Writer:
             result = outcome.capture(req.fn, store)
             if store.poisoned:
                 store.rollback()
-                self._deliver([(req, result)], [])
+                reports.append(([(req, result)], []))
                 return batch[:i] + batch[i + 1 :]
             done.append((req, result))
         self._wrote = store.has_writes
@@ -242,12 +255,16 @@ class Writer:
             changes = store.commit()
         except BaseException as exc:
             failed = outcome.Error(exc)
-            self._deliver([(req, failed) for req in batch], [])
+            reports.append(([(req, failed) for req in batch], []))
             return []
         self.stats.commits += 1
         self.stats.requests += len(batch)
-        self._deliver(done, changes)
+        reports.append((done, changes))
         return []
+
+    def _report(self, reports: list[Report]) -> None:
+        for done, changes in reports:
+            self._deliver(done, changes)
 
     def _deliver(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
