@@ -45,7 +45,7 @@ import trio
 
 from syncd.crdt import Document, DotCounter, encode_document, parse_ops
 from syncd.gcpolicy import configure_gc
-from syncd.replica import Put, Store, Writer, open_replica
+from syncd.replica import AsyncReplica, Put, Store, Writer, open_replica
 
 TARGETS = {
     "ratio_raw": (">=", 0.5),
@@ -55,29 +55,49 @@ TARGETS = {
 }
 
 
-def raw_commits(path: Path, n: int) -> float:
-    """One-row commits per second, WAL + synchronous=FULL, explicit transactions."""
+def open_raw(path: Path) -> sqlite3.Connection:
+    """A plain table in a WAL database with synchronous=FULL (what the replica uses)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
+    return conn
+
+
+def raw_round(conn: sqlite3.Connection, n: int) -> float:
+    """One-row commits per second, in explicit transactions."""
     t0 = time.perf_counter()
     for i in range(n):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 1000, os.urandom(64)))
         conn.execute("COMMIT")
-    rate = n / (time.perf_counter() - t0)
-    conn.close()
-    return rate
+    return n / (time.perf_counter() - t0)
+
+
+def raw_commits(path: Path, n: int) -> float:
+    """:func:`raw_round` on a freshly opened database (the cold method)."""
+    conn = open_raw(path)
+    try:
+        return raw_round(conn, n)
+    finally:
+        conn.close()
+
+
+async def put_round(rep: AsyncReplica, n: int, offset: int) -> float:
+    """Sequential acknowledged puts per second, each a new value (a put of the current value
+    commits nothing), to keys ``k0``..``k999`` from ``offset`` on."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        key, value = f"k{(offset + i) % 1000}", {"v": offset + i, "title": "hello"}
+        await rep.put("bench", key, value)
+    return n / (time.perf_counter() - t0)
 
 
 async def single_writes(path: Path, n: int, offset: int) -> float:
+    """:func:`put_round` on a freshly opened replica (the cold method)."""
     async with open_replica(path) as rep:
         await rep.put("bench", "warm", {"v": 0})
-        t0 = time.perf_counter()
-        for i in range(n):
-            await rep.put("bench", f"k{(offset + i) % 1000}", {"v": i, "title": "hello"})
-        return n / (time.perf_counter() - t0)
+        return await put_round(rep, n, offset)
 
 
 async def steady_rounds(
@@ -87,19 +107,7 @@ async def steady_rounds(
 
     Every database is opened once and warmed past a WAL checkpoint before the first round.
     """
-    raw = sqlite3.connect(d / "raw-steady.sqlite3", isolation_level=None)
-    raw.execute("PRAGMA journal_mode = WAL")
-    raw.execute("PRAGMA synchronous = FULL")
-    raw.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
-
-    def raw_round(count: int) -> float:
-        t0 = time.perf_counter()
-        for i in range(count):
-            raw.execute("BEGIN IMMEDIATE")
-            raw.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 1000, os.urandom(64)))
-            raw.execute("COMMIT")
-        return count / (time.perf_counter() - t0)
-
+    raw = open_raw(d / "raw-steady.sqlite3")
     writer = Writer(Store(d / "thread-steady.sqlite3"))
 
     def thread_round(count: int, offset: int) -> float:
@@ -111,24 +119,15 @@ async def steady_rounds(
     raws, ours, threaded = [], [], []
     try:
         async with open_replica(d / "single-steady.sqlite3") as rep:
-
-            async def trio_round(count: int, offset: int) -> float:
-                t0 = time.perf_counter()
-                for i in range(count):
-                    key, value = f"k{(offset + i) % 1000}", {"v": offset + i, "title": "hello"}
-                    await rep.put("bench", key, value)
-                return count / (time.perf_counter() - t0)
-
-            # Warm: 1,500 writes of 3 WAL pages (ours) and 3,000 of 1 (raw) pass the
+            # Warm: 1,500 writes of 2 WAL pages (ours) and 3,000 of 1 (raw) pass the
             # checkpoint at 1,000 pages.
-            # (Every write has a new value: a put of the current value commits nothing.)
-            raw_round(3000)
-            await trio_round(1500, 0)
+            raw_round(raw, 3000)
+            await put_round(rep, 1500, 0)
             await trio.to_thread.run_sync(thread_round, 1500, 0)
             for r in range(rounds):
                 offset = 1500 + r * n
-                raws.append(raw_round(n))
-                ours.append(await trio_round(n, offset))
+                raws.append(raw_round(raw, n))
+                ours.append(await put_round(rep, n, offset))
                 threaded.append(await trio.to_thread.run_sync(thread_round, n, offset))
     finally:
         writer.close()
@@ -254,7 +253,9 @@ def main() -> None:
         raw_cold, ours_cold = [], []
         for r in range(args.rounds):
             raw_cold.append(raw_commits(d / "raw.sqlite3", args.writes))
-            ours_cold.append(trio.run(single_writes, d / "single.sqlite3", args.writes, r))
+            ours_cold.append(
+                trio.run(single_writes, d / "single.sqlite3", args.writes, r * args.writes)
+            )
         batched, group = [], []
         for r in range(args.rounds):
             rate, per_commit = trio.run(batched_writes, d / f"batch{r}.sqlite3", 64, 100)

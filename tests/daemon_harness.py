@@ -35,6 +35,14 @@ from syncd.replica import open_replica
 START_TIMEOUT_S = 30.0
 
 
+def request_line(method: str, params: Any, rid: Any) -> bytes:
+    """One JSON-RPC request line (``params`` left out when None)."""
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return json.dumps(msg).encode() + b"\n"
+
+
 @dataclass
 class Api:
     """A running in-process API server."""
@@ -85,10 +93,7 @@ class Line:
         if rid == "auto":
             self._ids += 1
             rid = self._ids
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rid}
-        if params is not None:
-            msg["params"] = params
-        await self.send_raw(json.dumps(msg).encode() + b"\n")
+        await self.send_raw(request_line(method, params, rid))
         return rid
 
     async def recv(self) -> Any:
@@ -299,10 +304,7 @@ class RawConn:
         if rid == "auto":
             self.ids += 1
             rid = self.ids
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.send(json.dumps(msg).encode() + b"\n")
+        self.send(request_line(method, params, rid))
         return rid
 
     def response(self, rid: Any) -> dict[str, Any]:
@@ -360,14 +362,6 @@ def put_lines(ns: str, count: int, prefix: str = "k") -> bytes:
     """``count`` pipelined ``put`` requests as one byte string: ids ``0..``, keys
     ``{prefix}0..``, values ``{"i": id}``."""
     return b"".join(
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "put",
-                "params": {"ns": ns, "key": f"{prefix}{i}", "value": {"i": i}},
-            }
-        ).encode()
-        + b"\n"
+        request_line("put", {"ns": ns, "key": f"{prefix}{i}", "value": {"i": i}}, i)
         for i in range(count)
     )

@@ -16,7 +16,7 @@ import trio
 
 from syncd.daemon.rpc import LineSplitter, parse_message
 from syncd.identity import format_device_id
-from tests.daemon_harness import Api, Line, line_connection, running_api
+from tests.daemon_harness import Api, Line, line_connection, request_line, running_api
 
 OTHER = format_device_id(b"\x01" * 32)
 THIRD = format_device_id(b"\x02" * 32)
@@ -283,15 +283,7 @@ async def test_put_ns_with_surrogate_is_invalid(conn: Line) -> None:
 
 async def test_pipelined_requests_all_get_answers_by_id(conn: Line) -> None:
     lines = b"".join(
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": f"r{i}",
-                "method": "put",
-                "params": {"ns": "p", "key": str(i), "value": {"i": i}},
-            }
-        ).encode()
-        + b"\n"
+        request_line("put", {"ns": "p", "key": str(i), "value": {"i": i}}, f"r{i}")
         for i in range(200)
     )
     await conn.send_raw(lines)

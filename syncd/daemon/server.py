@@ -155,7 +155,7 @@ class Connection:
             if (
                 len(lines) == 1
                 and lines[0] is not None
-                and not self._busy()
+                and not self._requests_in_flight()
                 and self.server.service.store.commits_fast
             ):
                 # One request and nothing else in flight (a client waiting for each answer),
@@ -225,7 +225,8 @@ class Connection:
         sends those of a group commit with one write.
         """
         assert self._send is not None
-        if not self._queued and not self._writing and not self._others_in_flight():
+        # The caller's own request holds one slot.
+        if not self._queued and not self._writing and self._requests_in_flight() <= 1:
             try:
                 sent = os.write(self.stream.socket.fileno(), data)
             except OSError:  # full (EAGAIN), or broken: the writer task finds out which
@@ -240,12 +241,8 @@ class Connection:
             except trio.WouldBlock:
                 await self._send.send(data)
 
-    def _busy(self) -> bool:
-        return self._in_flight.value < self.limits.max_in_flight
-
-    def _others_in_flight(self) -> bool:
-        """Whether requests other than the caller's (which holds a slot) are in flight."""
-        return self._in_flight.value < self.limits.max_in_flight - 1
+    def _requests_in_flight(self) -> int:
+        return self.limits.max_in_flight - self._in_flight.value
 
     async def _handle_messages(self, messages: list[Message], is_batch: bool) -> None:
         announcements: list[trio.Event] = []

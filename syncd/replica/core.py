@@ -35,7 +35,7 @@ DEFAULT_CACHE_ITEMS = 4096
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 PREFETCH_CHUNK = 64
 _PREFETCH_SQL = (
-    "SELECT key, doc_id, state FROM docs WHERE ns_id = ? AND key IN ("
+    f"SELECT key, doc_id, state, {doclog.HAS_LOG} FROM docs WHERE ns_id = ? AND key IN ("
     + ", ".join("?" * PREFETCH_CHUNK)
     + ")"
 )
@@ -152,9 +152,12 @@ class StoreCore:
         """Write the context ranges that earlier incarnations left implicit (schema 3)."""
         conn = self._conn
         try:
+            rids = ranges.implicit_rids(conn)
+            if not rids:
+                return  # no write transaction at open unless there is something to write
             conn.execute("BEGIN IMMEDIATE")
             try:
-                ranges.settle_own_contexts(conn)
+                ranges.settle_own_contexts(conn, rids)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -363,11 +366,12 @@ class StoreCore:
         if entry is not None:
             return entry
         row = self._query(
-            "SELECT doc_id, state FROM docs WHERE ns_id = ? AND key = ?", (nss.ns_id, key)
+            f"SELECT doc_id, state, {doclog.HAS_LOG} FROM docs WHERE ns_id = ? AND key = ?",
+            (nss.ns_id, key),
         )
         if row:
-            doc_id, state = row[0]
-            entry = self._loaded(nss, key, doc_id, state, self._log_of(doc_id))
+            doc_id, state, has_log = row[0]
+            entry = self._loaded(nss, key, doc_id, state, self._log_of(doc_id) if has_log else None)
         elif create:
             entry = DocEntry(nss, key, Document(), None)
             self._cache.put(ck, entry, 64)
@@ -411,9 +415,10 @@ class StoreCore:
     def _prefetch_chunk(self, nss: NamespaceState, keys: list[str]) -> None:
         pad = [keys[0]] * (PREFETCH_CHUNK - len(keys))  # one statement text for any count
         rows = self._conn.execute(_PREFETCH_SQL, (nss.ns_id, *keys, *pad)).fetchall()
-        logs = doclog.load(self._conn, [doc_id for _, doc_id, _ in rows])
+        logged = [doc_id for _, doc_id, _, has_log in rows if has_log]
+        logs = doclog.load(self._conn, logged) if logged else {}
         found = set()
-        for key, doc_id, state in rows:
+        for key, doc_id, state, _ in rows:
             found.add(key)
             try:
                 self._loaded(nss, key, doc_id, state, logs.get(doc_id))

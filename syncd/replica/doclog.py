@@ -28,6 +28,10 @@ LOG_MAX_SHARE = 4
 
 _LOAD_CHUNK = 64
 
+HAS_LOG = "EXISTS (SELECT 1 FROM doc_deltas l WHERE l.doc_id = docs.doc_id)"
+"""A column for queries of ``docs``: whether the document has logged deltas (so that
+documents without a log, nearly all, are loaded with one query)."""
+
 
 def load(conn: sqlite3.Connection, doc_ids: Iterable[int]) -> dict[int, list[tuple[int, bytes]]]:
     """The logged deltas ``(seq, blob)`` of the given documents, in order, by document."""

@@ -108,15 +108,20 @@ def own_top(conn: sqlite3.Connection, rid: int) -> int:
     return int(top or 0)
 
 
-def settle_own_contexts(conn: sqlite3.Connection) -> None:
-    """Write the context range of every earlier incarnation of this store (``next = 0``).
+def implicit_rids(conn: sqlite3.Connection) -> list[int]:
+    """The rids whose context is implicit, ``1..max(hi)`` of their dot index (``next = 0``)."""
+    return [rid for (rid,) in conn.execute("SELECT rid FROM replicas WHERE next = 0")]
+
+
+def settle_own_contexts(conn: sqlite3.Connection, rids: Iterable[int]) -> None:
+    """Write the context range of earlier incarnations of this store (:func:`implicit_rids`).
 
     Run at open, before this incarnation writes: after that, peers may send the dots of an
     earlier incarnation back (after a restore from a backup, say), and ``1..max(hi)`` would
     no longer be exact. Up to now it is: those dots were all made and committed here, in
     order. Inside the caller's transaction.
     """
-    for (rid,) in conn.execute("SELECT rid FROM replicas WHERE next = 0").fetchall():
+    for rid in rids:
         top = own_top(conn, rid)
         conn.execute("DELETE FROM ctx WHERE rid = ?", (rid,))  # a subset of 1..top, if any
         if top:

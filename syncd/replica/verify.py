@@ -11,7 +11,7 @@ from pathlib import Path
 from syncd.crdt import CausalContext, decode_document
 from syncd.errors import CodecError
 from syncd.replica import doclog
-from syncd.replica.ranges import own_top
+from syncd.replica.ranges import implicit_rids, own_top
 
 
 def check_database(path: Path | str) -> list[str]:
@@ -74,7 +74,7 @@ def _check(conn: sqlite3.Connection) -> list[str]:
     for rid, lo, hi in conn.execute("SELECT rid, lo, hi FROM ctx"):
         ns_id, replica = names[rid]
         stored.setdefault(ns_id, CausalContext()).add_range(replica, lo, hi)
-    for (rid,) in conn.execute("SELECT rid FROM replicas WHERE next = 0"):
+    for rid in implicit_rids(conn):
         ns_id, replica = names[rid]  # implicit context 1..max(hi) (see schema.py)
         top = own_top(conn, rid)
         if top:

@@ -114,7 +114,6 @@ class Writer:
         self._listeners: list[Sink] = []
         self._lock = threading.Lock()
         self._store_lock = threading.Lock()  # held by whoever runs a batch
-        self._wrote = False
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
@@ -226,17 +225,8 @@ class Writer:
         lock is released.
         """
         started = time.perf_counter()
-        try:
-            return self._run_batch_timed(batch, reports)
-        finally:
-            if self._wrote:  # reads and no-op writes would make the average look fast
-                stats = self.stats
-                stats.batch_s_avg += (time.perf_counter() - started - stats.batch_s_avg) / 4
-
-    def _run_batch_timed(self, batch: list[Request], reports: list[Report]) -> list[Request]:
         store = self.store
         self.stats.batches += 1
-        self._wrote = False
         done: list[tuple[Request, outcome.Outcome[Any]]] = []
         if len(batch) > 1:
             docs = [req.doc for req in batch if req.doc is not None]
@@ -250,16 +240,20 @@ class Writer:
                 reports.append(([(req, result)], []))
                 return batch[:i] + batch[i + 1 :]
             done.append((req, result))
-        self._wrote = store.has_writes
+        timed = store.has_writes  # reads and no-op writes would make the average look fast
         try:
             changes = store.commit()
         except BaseException as exc:
             failed = outcome.Error(exc)
             reports.append(([(req, failed) for req in batch], []))
-            return []
-        self.stats.commits += 1
-        self.stats.requests += len(batch)
-        reports.append((done, changes))
+            changes = None
+        stats = self.stats
+        if timed:
+            stats.batch_s_avg += (time.perf_counter() - started - stats.batch_s_avg) / 4
+        if changes is not None:
+            stats.commits += 1
+            stats.requests += len(batch)
+            reports.append((done, changes))
         return []
 
     def _report(self, reports: list[Report]) -> None:
