@@ -228,7 +228,7 @@ def test_cli_input_errors_are_one_line(home: tuple[str, str]) -> None:
     fails(cli(*home, "put", "n", "k", "[1]"), "must be a JSON object", 2)
     fails(cli(*home, "put", "n", "k", "-", stdin=b'{"a": "\xff"}'), "not valid UTF-8", 2)
     fails(cli(*home, "patch", "n", "k", '{"op": "inc"}'), "must be a JSON array", 2)
-    fails(cli(*home, "patch", "n", "k", '[{"op": "bogus", "path": []}]'), "ops[0].op", 1)
+    fails(cli(*home, "patch", "n", "k", '[{"op": "bogus", "path": []}]'), "ops[0].op", 2)
     ok(cli(*home, "put", "n", "r", '{"r": 1}'))
     fails(cli(*home, "patch", "n", "r", '[{"op":"inc","path":["r"],"by":1}]'), "counter", 1)
     fails(cli(*home, "sync", "n", "--timeout", "-1"), "--timeout", 2)
@@ -670,7 +670,7 @@ def test_large_documents_and_lines(conn: Conn) -> None:
         conn.send(chunk)
     conn.send(b'"}}\n')
     err = conn.recv()
-    assert err["error"]["code"] == -32600
+    assert err["error"]["code"] == -32000
     assert err["error"]["data"]["reason"] == "too_large"
     assert conn.result("list", ns="big") == {"keys": ["b"]}  # still usable
 

@@ -7,7 +7,9 @@ server serving. (Process-level behaviour is in test_daemon_process.py.)
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import trio
 
 from syncd.daemon.rpc import LineSplitter, parse_message
+from syncd.daemon.store import NoNetwork
 from syncd.identity import format_device_id
 from tests.daemon_harness import Api, Line, line_connection, request_line, running_api
 
@@ -350,7 +353,7 @@ async def test_huge_line_gets_an_error_and_the_connection_survives(tmp_path: Pat
             await conn.send_raw(chunk)
         await conn.send_raw(b"\n")
         msg = await conn.recv()
-        err = error(msg, -32600, "too_large")
+        err = error(msg, -32000, "too_large")
         assert err["data"]["limit"] == 64 * 1024
         # Exactly at the limit is accepted.
         value = {"s": "y" * (64 * 1024 - 100)}
@@ -425,24 +428,242 @@ async def test_large_answers_to_a_client_that_reads_late_arrive_whole(conn: Line
 
 async def test_a_slow_disk_does_not_stall_answers_that_need_no_store(api: Api, conn: Line) -> None:
     # Commits that take long move to the replica's writer thread; meanwhile the loop keeps
-    # answering (here an `unwatch` of an unknown subscription, which needs no store).
+    # answering other connections, and this one's later answers follow in request order.
     store = api.store.replica.writer.store
-    slow = True
+    slow, hold = True, False
+    release = threading.Event()
 
     def slow_disk(point: str) -> None:
         if point == "flushed" and slow:
             time.sleep(0.05)  # a disk whose fsync takes 50 ms
+        if point == "flushed" and hold:
+            release.wait(10)  # ... and then one that hangs until the test lets it go
 
     store.fault_hook = slow_disk
     assert result(await conn.call("put", {"ns": "n", "key": "a", "value": {"v": 1}}))
+    slow, hold = False, True
     put_id = await conn.send("put", {"ns": "n", "key": "b", "value": {"v": 2}})
-    other_id = await conn.send("unwatch", {"subscription": 12345})
+    status_id = await conn.send("status")
+    async with line_connection(api.socket) as other:
+        error(await other.call("unwatch", {"subscription": 12345}), -32000, "not_found")
+        assert result(await other.call("status"))["version"]
+    hold = False
+    release.set()
     first, second = await conn.recv(), await conn.recv()
-    assert (first["id"], second["id"]) == (other_id, put_id)
-    error(first, -32000, "not_found")
-    assert result(second) == {"ok": True}
-    slow = False
+    assert (first["id"], second["id"]) == (put_id, status_id)
+    assert result(first) == {"ok": True}
     assert result(await conn.call("get", {"ns": "n", "key": "b"}))["value"] == {"v": 2}
+
+
+# --- audit findings: values, ids, notifications, order, departing clients ---------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (b'{"big":123456789012345678901234567890}', -32602),
+        (b'{"big":18446744073709551616}', -32602),
+        (b'{"x":1e400}', -32700),
+        (b'{"x":[-1e400]}', -32700),
+    ],
+)
+async def test_values_a_document_cannot_store_are_refused(
+    api: Api, conn: Line, value: bytes, code: int
+) -> None:
+    line = b'{"jsonrpc":"2.0","id":1,"method":"put","params":{"ns":"n","key":"k","value":%s}}\n'
+    await conn.send_raw(line % value)
+    error(await conn.recv(), code)
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["exists"] is False
+    # The largest integers that fit are stored, and read back after the cache is gone.
+    fits = {"hi": 2**64 - 1, "lo": -(2**64) + 1, "f": 1.5e308}
+    assert result(await conn.call("put", {"ns": "n", "key": "k", "value": fits}))
+    api.store.replica.writer.store._cache.clear()
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == fits
+
+
+async def test_a_counter_cannot_overflow(conn: Line) -> None:
+    top = {"op": "inc", "path": ["c"], "by": 2**63 - 1}
+    assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": [top]}))
+    one = {"op": "inc", "path": ["c"], "by": 1}
+    error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [one]}), -32000, "too_large")
+    huge = {"op": "inc", "path": ["c"], "by": 2**64}
+    error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [huge]}), -32602)
+    error(await conn.call("put", {"ns": "n", "key": "k", "value": {"c": 2**63}}), -32000)
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": 2**63 - 1}
+
+
+async def test_unknown_members_of_an_operation_are_refused(conn: Line) -> None:
+    await conn.call("patch", {"ns": "n", "key": "k", "ops": [{"op": "inc", "path": ["c"]}]})
+    typo = {"op": "inc", "path": ["c"], "bye": 5}
+    err = error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [typo]}), -32602)
+    assert "bye" in err["message"]
+    make = {"op": "make", "path": ["t"], "type": "text", "valeu": "hello"}
+    error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [make]}), -32602)
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": 1}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"jsonrpc":"2.0","id":1,"method":"status"}'.encode("utf-16"),
+        b'{"jsonrpc":"2.0","id":1,"method":"get","params":{"ns":"\xed\xb3\xbf","key":"k"}}',
+    ],
+)
+async def test_text_that_is_not_utf8_is_a_parse_error(conn: Line, line: bytes) -> None:
+    await conn.send_raw(line + b"\n")
+    error(await conn.recv(), -32700)
+    assert result(await conn.call("status"))["version"]
+
+
+async def test_ids_and_names_that_are_not_unicode_are_echoed_as_json(conn: Line) -> None:
+    await conn.send_raw(b'{"jsonrpc":"2.0","id":"\\udcff","method":"status"}\n')
+    raw = await conn.stream.receive_some(1 << 16)
+    assert b'"id":"\\udcff"' in raw  # valid JSON text: the escape the client sent
+    assert json.loads(raw)["result"]["version"]
+    await conn.send_raw(
+        b'[{"jsonrpc":"2.0","id":1,"method":"put","params":{"ns":"n","key":"b","value":{}}},'
+        b'{"jsonrpc":"2.0","id":2,"method":"status","params":{"\\udcff":1}}]\n'
+    )
+    batch = await conn.recv()
+    assert isinstance(batch, list)
+    assert result(batch[0]) == {"ok": True}
+    err = error(batch[1], -32602)
+    assert err["data"]["param"] == "\udcff"
+
+
+async def test_numeric_ids_of_any_kind_are_echoed(conn: Line) -> None:
+    for rid in (1.5, 2.0, -7, 10**30):
+        await conn.send("status", rid=rid)
+        msg = await conn.recv()
+        assert msg["id"] == rid
+        assert type(msg["id"]) is type(rid)
+
+
+async def test_notifications_are_never_answered_and_params_must_be_structured(
+    conn: Line,
+) -> None:
+    await conn.send_raw(b'{"jsonrpc":"2.0","method":"status","params":[1]}\n')
+    await conn.send_raw(b'[{"jsonrpc":"2.0","method":"get","params":["n","k"]}]\n')
+    await conn.send_raw(b'{"jsonrpc":"2.0","id":5,"method":"status","params":null}\n')
+    msg = await conn.recv()  # the first answer is the one to the request with an id
+    assert msg["id"] == 5
+    error(msg, -32600)
+    assert result(await conn.call("status"))["version"]
+
+
+async def test_pipelined_responses_come_back_in_request_order(conn: Line) -> None:
+    ids = []
+    lines = []
+    for i in range(600):
+        rid = f"r{i}"
+        ids.append(rid)
+        if i % 3 == 0:
+            lines.append(
+                request_line("put", {"ns": "o", "key": f"k{i % 7}", "value": {"i": i}}, rid)
+            )
+        elif i % 3 == 1:
+            lines.append(request_line("get", {"ns": "o", "key": f"k{i % 7}"}, rid))
+        else:
+            lines.append(request_line("status", {}, rid))
+    await conn.send_raw(b"".join(lines))
+    got = [(await conn.recv())["id"] for _ in ids]
+    assert got == ids
+
+
+class WaitingNetwork(NoNetwork):
+    """OTHER is connected and acknowledges only when the test says so."""
+
+    def __init__(self) -> None:
+        self.acked = trio.Event()
+
+    def connected(self) -> frozenset[str]:
+        return frozenset([OTHER])
+
+    async def wait_synced(
+        self, ns: str, devices: Sequence[str], timeout_s: float
+    ) -> tuple[list[str], list[str]]:
+        await self.acked.wait()
+        return list(devices), []
+
+
+async def test_a_sync_does_not_hold_back_later_answers(api: Api, conn: Line) -> None:
+    network = WaitingNetwork()
+    api.server.service.network = network
+    result(await conn.call("trust", {"device_id": OTHER}))
+    result(await conn.call("share", {"ns": "n", "devices": [OTHER]}))
+    await conn.send_raw(
+        request_line("sync", {"ns": "n", "timeout_s": 60}, "s")
+        + request_line("status", {}, "a")
+        + request_line("put", {"ns": "n", "key": "k", "value": {}}, "b")
+    )
+    # The sync waits for the peer; the requests after it are answered meanwhile, in order.
+    with trio.fail_after(10):
+        assert [(await conn.recv())["id"] for _ in range(2)] == ["a", "b"]
+    network.acked.set()
+    msg = await conn.recv()
+    assert msg["id"] == "s"
+    assert result(msg) == {"acked_by": [OTHER], "pending": []}
+
+
+async def test_requests_sent_before_the_client_leaves_still_run(api: Api) -> None:
+    async with line_connection(api.socket) as watcher:
+        sub = result(await watcher.call("watch", {"ns": "gone", "prefix": "last"}))
+        async with line_connection(api.socket) as conn:
+            await conn.send_raw(
+                b"".join(
+                    request_line("put", {"ns": "gone", "key": f"k{i}", "value": {"i": i}}, i)
+                    for i in range(500)
+                )
+                + request_line("put", {"ns": "gone", "key": "last", "value": {}}, "last")
+            )
+        # The requests run in order: once the last one's change is seen, all have run.
+        change = await watcher.recv()
+        assert change["params"]["subscription"] == sub["subscription"]
+        assert change["params"]["key"] == "last"
+        keys = result(await watcher.call("list", {"ns": "gone"}))["keys"]
+    assert len(keys) == 501
+
+
+async def test_a_write_of_the_current_value_notifies_nobody(conn: Line, api: Api) -> None:
+    async with line_connection(api.socket) as watcher:
+        result(await watcher.call("watch", {"ns": "n"}))
+        for value in ({"x": 1}, {"x": 1}, {"x": 2}):
+            assert result(await conn.call("put", {"ns": "n", "key": "k", "value": value}))
+        same = {"op": "set", "path": ["x"], "value": 2}
+        assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": [same]}))
+        assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": []}))
+        result(await conn.call("put", {"ns": "n", "key": "k", "value": {"x": 3}}))
+        seen = [(await watcher.recv())["params"]["value"] for _ in range(3)]
+    assert seen == [{"x": 1}, {"x": 2}, {"x": 3}]
+
+
+async def test_shutdown_does_not_wait_for_a_client_that_never_reads(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as conn:
+        assert result(await conn.call("put", {"ns": "n", "key": "k", "value": {"s": "x" * 60_000}}))
+        # 2,000 answers of 60 KB each: far more than the socket buffers hold.
+        await conn.send_raw(
+            b"".join(request_line("get", {"ns": "n", "key": "k"}, i) for i in range(2000))
+        )
+        with trio.fail_after(10):  # the grace period is 60 s: it must not be waited out
+            await api.server.shutdown(60)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"name": "a\u0085b"},
+        {"name": "zero\u200bwidth"},
+        {"addresses": ["\udcff:1"]},
+        {"addresses": [" 1.2.3.4:80"]},
+        {"addresses": ["999.1.1.1:80"]},
+        {"addresses": ["host:0"]},
+    ],
+)
+async def test_trust_refuses_names_and_addresses_it_could_not_show(
+    conn: Line, params: dict[str, Any]
+) -> None:
+    error(await conn.call("trust", {"device_id": OTHER, **params}), -32602, "invalid_params")
+    assert result(await conn.call("peers"))["peers"] == []
 
 
 # --- sans-IO pieces ------------------------------------------------------------------------

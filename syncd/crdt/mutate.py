@@ -35,6 +35,14 @@ from syncd.errors import InvalidOperation, PatchError
 _DEFAULTS: dict[str, Any] = {TEXT: "", COUNTER: 0, SET: [], LIST: [], MAP: {}, REGISTER: None}
 
 
+def _check_counter(total: int) -> None:
+    """One device's share of a counter must stay a signed 64-bit integer."""
+    if not O.COUNTER_MIN <= total <= O.COUNTER_MAX:
+        raise PatchError(
+            "the counter would leave the 64-bit range (-2**63 to 2**63-1)", reason="too_large"
+        )
+
+
 def _check_make_value(tag: str, value: Any) -> None:
     ok = {
         TEXT: isinstance(value, str),
@@ -191,6 +199,8 @@ class Change:
             self._remove_variant((*mp, (name, tag)))
 
     def _make(self, mp: FieldPath, name: str, tag: str, value: Any) -> None:
+        if tag == COUNTER:
+            _check_counter(value)
         self._remove_field(mp, name)
         path = (*mp, (name, tag))
         if tag in (REGISTER, COUNTER):
@@ -270,6 +280,7 @@ class Change:
         r = self.counter.replica
         mine = [d for d in st if d[0] == r]
         total = sum(st[d] for d in mine) + by
+        _check_counter(total)
         self._remove(mine)
         self._add((path, None), total)
 
@@ -441,7 +452,7 @@ class Change:
     def put_document(self, value: Any) -> Document:
         if not isinstance(value, dict):
             raise InvalidOperation("a document must be a JSON object")
-        O.check_depth(value)
+        O.check_value(value)
         existed = self.doc.exists()
         self._put_map((), value)
         return self._finish(existed, create=True)

@@ -80,18 +80,52 @@ def is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_depth(value: Any, depth: int = 0) -> None:
-    """Raise ``PatchError(too_large)`` if a JSON value nests deeper than :data:`MAX_DEPTH`."""
-    if depth > MAX_DEPTH:
-        raise PatchError(f"value nests deeper than {MAX_DEPTH} levels", reason="too_large")
-    if isinstance(value, dict):
-        for v in value.values():
-            if isinstance(v, dict | list):
-                check_depth(v, depth + 1)
-    elif isinstance(value, list):
+INT_LIMIT = 2**64
+"""Integers in values must lie strictly between ``-INT_LIMIT`` and ``INT_LIMIT`` (what the
+encoding stores without big-number tags)."""
+COUNTER_MIN, COUNTER_MAX = -(2**63), 2**63 - 1
+"""The range of one device's share of a counter (a signed 64-bit integer)."""
+
+_SCALARS = (str, bool, type(None))
+
+
+def check_value(value: Any, what: str = "value", depth: int = 0) -> None:
+    """Check that ``value`` is a JSON value a document can hold, before anything changes.
+
+    Raises ``PatchError(too_large)`` if it nests deeper than :data:`MAX_DEPTH`, and
+    :class:`InvalidOperation` for what no encoding of a document can carry: integers outside
+    ±2**64, floats that are not finite (``1e400`` parses as infinity), object keys that are not
+    strings, and anything that is not JSON at all.
+    """
+    t = type(value)
+    if (t is dict or t is list) and depth > MAX_DEPTH:
+        raise PatchError(f"{what} nests deeper than {MAX_DEPTH} levels", reason="too_large")
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise InvalidOperation(f"{what} has an object key that is not a string: {k!r}")
+            if type(v) not in _SCALARS:
+                check_value(v, what, depth + 1)
+    elif t is list:
         for v in value:
-            if isinstance(v, dict | list):
-                check_depth(v, depth + 1)
+            if type(v) not in _SCALARS:
+                check_value(v, what, depth + 1)
+    elif t is int:
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise InvalidOperation(
+                f"{what} holds the integer {_short(value)}, outside the range a document can "
+                "store (-2**64 < n < 2**64)"
+            )
+    elif t is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidOperation(f"{what} holds a number that is not finite ({value})")
+    elif t not in _SCALARS:
+        raise InvalidOperation(f"{what} holds a {t.__name__}, which is not a JSON value")
+
+
+def _short(n: int) -> str:
+    digits = str(n)
+    return digits if len(digits) <= 40 else f"{digits[:12]}... ({len(digits)} characters)"
 
 
 def _path(i: int, raw: dict[str, Any]) -> Path:
@@ -128,13 +162,13 @@ def _parse_make(i: int, raw: dict[str, Any], path: Path) -> Op:
     if t not in TYPE_NAMES:
         raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
     value = raw.get("value")
-    check_depth(value)
+    check_value(value, f"ops[{i}].value")
     return Make(path, t, value, "value" in raw)
 
 
 def _parse_set(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_depth(value)
+    check_value(value, f"ops[{i}].value")
     return Set(path, value)
 
 
@@ -146,18 +180,20 @@ def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
     by = raw.get("by", 1)
     if not is_int(by):
         raise InvalidOperation(f"ops[{i}].by must be an integer")
+    if not COUNTER_MIN <= by <= COUNTER_MAX:
+        raise InvalidOperation(f"ops[{i}].by must be a 64-bit integer")
     return Inc(path, by)
 
 
 def _parse_add(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_depth(value)
+    check_value(value, f"ops[{i}].value")
     return Add(path, value)
 
 
 def _parse_remove(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_depth(value)
+    check_value(value, f"ops[{i}].value")
     return Remove(path, value)
 
 
@@ -173,7 +209,7 @@ def _parse_insert(i: int, raw: dict[str, Any], path: Path) -> Op:
         raise InvalidOperation(f"ops[{i}].text must be a string")
     if not isinstance(raw["values"], list):
         raise InvalidOperation(f"ops[{i}].values must be an array")
-    check_depth(raw["values"])
+    check_value(raw["values"], f"ops[{i}].values")
     return Insert(path, index, list(raw["values"]))
 
 
@@ -193,6 +229,20 @@ _PARSERS = {
 }
 
 
+_MEMBERS = {
+    "make": frozenset(("op", "path", "type", "value")),
+    "set": frozenset(("op", "path", "value")),
+    "del": frozenset(("op", "path")),
+    "inc": frozenset(("op", "path", "by")),
+    "add": frozenset(("op", "path", "value")),
+    "remove": frozenset(("op", "path", "value")),
+    "insert": frozenset(("op", "path", "index", "text", "values")),
+    "delete": frozenset(("op", "path", "index", "count")),
+}
+"""The members each operation may have: any other is refused, so a typo (``"valeu"``) is an
+error rather than an operation silently done without it."""
+
+
 def parse_op(i: int, raw: Any) -> Op:
     """Parse one operation (``i`` is its position, for messages)."""
     if type(raw) is not dict:
@@ -201,6 +251,13 @@ def parse_op(i: int, raw: Any) -> Op:
     parser = _PARSERS.get(kind) if type(kind) is str else None
     if parser is None:
         raise InvalidOperation(f"ops[{i}].op must be one of {', '.join(_PARSERS)}")
+    members = _MEMBERS[str(kind)]  # a str: it named a parser
+    if not raw.keys() <= members:
+        extra = ", ".join(sorted(repr(k) for k in raw.keys() - members))
+        raise InvalidOperation(
+            f"ops[{i}] ({kind}) has unknown member(s) {extra}; it takes "
+            f"{', '.join(sorted(members - {'op'}))}"
+        )
     return parser(i, raw, _path(i, raw))
 
 

@@ -205,7 +205,7 @@ async def _peers(svc: Service, session: Session, p: Params) -> Any:
 async def _trust(svc: Service, session: Session, p: Params) -> Any:
     device_id, name, addresses = (
         p.device_id("device_id"),
-        p.opt_text("name"),
+        p.opt_device_name("name"),
         p.addresses("addresses"),
     )
     p.done()

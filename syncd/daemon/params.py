@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from syncd.config import parse_listen
+from syncd.config import check_device_name, parse_listen
 from syncd.daemon.rpc import RpcError, invalid_params
 from syncd.identity import InvalidDeviceId, parse_device_id
 
@@ -108,22 +108,15 @@ class Params:
         _check_unicode(value, name)
         return value
 
-    def opt_text(self, name: str) -> str | None:
-        """An optional short printable string (a device name)."""
+    def opt_device_name(self, name: str) -> str | None:
+        """An optional device name: 1-256 printable characters (:func:`check_device_name`)."""
         value = self._get(name)
         if value is None:
             return None
-        if (
-            not isinstance(value, str)
-            or not value.strip()
-            or len(value) > 256
-            or any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value)
-        ):
-            raise invalid_params(
-                f"param {name!r} must be a non-empty string of at most 256 printable characters",
-                param=name,
-            )
-        return value
+        try:
+            return check_device_name(value)
+        except ValueError as exc:
+            raise invalid_params(f"param {name!r}: {exc}", param=name) from None
 
     def device_id(self, name: str) -> str:
         """A device ID, checked with its check characters; returns the canonical form."""

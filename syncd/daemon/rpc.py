@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from syncd import jsontext
 from syncd.errors import SyncdError
 
 PARSE_ERROR = -32700
@@ -20,7 +21,7 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 APPLICATION_ERROR = -32000
 
-RequestId = str | int | None
+RequestId = str | int | float | None
 
 
 class RpcError(SyncdError):
@@ -51,28 +52,28 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A message that gets an error response instead of being run."""
+    """A message that is not run; it gets an error response unless ``silent``.
+
+    ``silent``: a well-formed notification whose params cannot be used (positional params):
+    a server never answers a notification, not even with an error.
+    """
 
     id: RequestId
     error: RpcError
+    silent: bool = False
 
 
 Message = Request | Invalid
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One decoder and one encoder for every message: ``json.loads``/``json.dumps`` with keyword
-# arguments build a new one per call, which costs more than parsing a small request.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# One encoder for every message: ``json.dumps`` with keyword arguments builds a new one per
+# call, which costs more than encoding a small response.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _loads(line: bytes) -> Any:
-    # What ``json.loads`` does with bytes (UTF-8/16/32 detection, a UTF-8 BOM skipped).
-    return _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
+    return jsontext.loads(jsontext.decode_utf8(line))
 
 
 def parse_message(line: bytes) -> tuple[list[Message], bool]:
@@ -95,7 +96,9 @@ def parse_message(line: bytes) -> tuple[list[Message], bool]:
 
 
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+    # JSON-RPC allows any number; fractional ones are discouraged, not forbidden.
+    t = type(value)
+    return value is None or t is str or t is int or t is float
 
 
 def _validate(data: Any) -> Message:
@@ -105,7 +108,7 @@ def _validate(data: Any) -> Message:
     rid = data.get("id")
     if has_id and not _valid_id(rid):
         return Invalid(
-            None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, integer or null")
+            None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, number or null")
         )
     if data.get("jsonrpc") != "2.0":
         return Invalid(rid, RpcError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"'))
@@ -118,15 +121,26 @@ def _validate(data: Any) -> Message:
             rid, RpcError(INVALID_REQUEST, f"invalid request: unexpected members {sorted(extra)}")
         )
     params = data.get("params", {})
-    if not isinstance(params, dict):
+    if type(params) is list:  # a valid request, but every method takes named params
         return Invalid(
-            rid, invalid_params("invalid params: params must be an object (named parameters)")
+            rid,
+            invalid_params("invalid params: params must be an object (named parameters)"),
+            silent=not has_id,
+        )
+    if type(params) is not dict:
+        return Invalid(
+            rid, RpcError(INVALID_REQUEST, 'invalid request: "params" must be an object or array')
         )
     return Request(rid, method, params, not has_id)
 
 
 def _dumps(obj: Any) -> bytes:
-    return _ENCODER.encode(obj).encode("utf-8") + b"\n"
+    try:
+        return _ENCODER.encode(obj).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (a client's "\udcff" id or param name, echoed back) is not UTF-8;
+        # as a JSON escape it is valid JSON text, and the client gets back what it sent.
+        return _ASCII_ENCODER.encode(obj).encode("ascii") + b"\n"
 
 
 def result_object(rid: RequestId, result: Any) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 Per connection: one reader splits lines (bounded, see :class:`LineSplitter`) and starts a
 task per request, up to ``max_in_flight`` at once (then it stops reading, so a client that
 pipelines without reading responses is slowed, not buffered); one writer sends responses and
-notifications in order of completion, coalescing what is ready into one write. Responses carry
-the request's ``id``; they may overtake each other. Watch subscriptions are pumped by one task
-each from their bounded queue (see :mod:`syncd.daemon.watch`).
+notifications, coalescing what is ready into one write. Responses go out in the order of the
+requests, except that of ``sync``, which may wait for peers and so is sent when it is ready
+(every response carries its request's ``id``). Watch subscriptions are pumped by one task each
+from their bounded queue (see :mod:`syncd.daemon.watch`).
+
+A client that goes away does not cancel what it sent: every request read before the end of
+the stream still runs (a write still commits), and its response is dropped.
 
 The common case of a client that waits for each answer takes a shorter path: while commits
 are fast, a lone request that only needs the store is handled by the reader itself, and its
@@ -14,7 +18,7 @@ sends what did not fit).
 
 Shutdown (:meth:`ApiServer.shutdown`): stop accepting, stop reading every connection, let the
 requests in flight finish (writes are shielded, so an accepted write always commits) within a
-grace period, flush their responses, close.
+grace period, give their responses a moment to be read, close.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from syncd.daemon.methods import Service
 from syncd.daemon.rpc import (
     APPLICATION_ERROR,
     INTERNAL_ERROR,
-    INVALID_REQUEST,
     Invalid,
     LineSplitter,
     Message,
@@ -63,6 +66,12 @@ _announcements: contextvars.ContextVar[list[trio.Event]] = contextvars.ContextVa
 QUICK_METHODS = frozenset(("get", "put", "patch", "delete", "list", "status", "namespaces"))
 """Methods that return as soon as the store has answered (no waiting on peers or timers)."""
 
+UNORDERED_METHODS = frozenset(("sync",))
+"""Methods that may wait long (for peers): their responses do not hold back later ones."""
+
+FLUSH_S = 1.0
+"""At shutdown, how long finished requests' responses may wait for a client to read them."""
+
 
 Parsed = tuple[list[Message], bool]
 """What :func:`parse_message` returns: the messages of a line, and whether it was a batch."""
@@ -70,6 +79,10 @@ Parsed = tuple[list[Message], bool]
 
 def _quick(message: Message) -> bool:
     return not isinstance(message, Invalid) and message.method in QUICK_METHODS
+
+
+def _ordered(messages: list[Message]) -> bool:
+    return not any(not isinstance(m, Invalid) and m.method in UNORDERED_METHODS for m in messages)
 
 
 def _refusal(message: str, reason: str) -> bytes:
@@ -106,7 +119,14 @@ class Connection:
         self._send: trio.MemorySendChannel[bytes] | None = None
         self._queued = 0  # lines in the outgoing channel
         self._writing = False  # the writer task is sending
+        self._peer_gone = False  # sending failed: responses are dropped from now on
         self._work: trio.Nursery | None = None
+        # Responses in request order: each line taken gets a number; a finished line's
+        # response waits in _held until every earlier line's has gone out.
+        self._taken = 0
+        self._next_out = 0
+        self._held: dict[int, tuple[bytes | None, list[trio.Event], bool]] = {}
+        self._flushing = False
 
     def stop(self) -> None:
         """Stop reading requests and end subscriptions; requests in flight still finish."""
@@ -126,7 +146,7 @@ class Connection:
         send, recv = trio.open_memory_channel[bytes](self.limits.max_in_flight + 32)
         try:
             async with trio.open_nursery() as conn:
-                conn.start_soon(self._writer, recv, conn.cancel_scope)
+                conn.start_soon(self._writer, recv)
                 async with send:
                     self._send = send
                     async with trio.open_nursery() as work:
@@ -167,8 +187,9 @@ class Connection:
                 parsed = parse_message(lines[0])
                 if not parsed[1] and _quick(parsed[0][0]):
                     self._in_flight.acquire_nowait()
+                    self.server.executing += 1
                     with trio.CancelScope(shield=True):
-                        await self._handle_messages(*parsed)
+                        await self._handle_messages(*parsed, self._take())
                     continue
                 lines = [parsed]
             for line in lines:
@@ -179,6 +200,7 @@ class Connection:
                 except trio.WouldBlock:
                     await self._in_flight.acquire()
                 self._lines.append(line)
+                self.server.executing += 1
                 work.start_soon(self._next_line)
 
     async def _next_line(self) -> None:
@@ -190,27 +212,72 @@ class Connection:
         the store in the order they were sent (a put followed by a get sees the put).
         """
         line = self._lines.popleft()
+        seq = self._take()
         if line is None:
-            await self._too_long()
+            await self._too_long(seq)
         elif isinstance(line, bytes):
-            await self._handle_messages(*parse_message(line))
+            await self._handle_messages(*parse_message(line), seq)
         else:
-            await self._handle_messages(*line)
+            await self._handle_messages(*line, seq)
 
-    async def _too_long(self) -> None:
+    def _take(self) -> int:
+        """The number of the line being taken (the order its response goes out in)."""
+        seq = self._taken
+        self._taken += 1
+        return seq
+
+    async def _too_long(self, seq: int) -> None:
+        self.server.line_done()
+        err = RpcError(
+            APPLICATION_ERROR,
+            f"request line longer than {self.limits.max_line_bytes} bytes; discarded",
+            reason="too_large",
+            limit=self.limits.max_line_bytes,
+        )
+        await self._finish(seq, encode(error_object(None, err)), [])
+
+    async def _finish(
+        self,
+        seq: int,
+        data: bytes | None,
+        announcements: list[trio.Event],
+        release: bool = True,
+    ) -> None:
+        """Send line ``seq``'s response (None: none) once every earlier line's has gone.
+
+        The line's in-flight slot is released (``release``) when its response is sent, so
+        responses held back are bounded by ``max_in_flight``; a subscription's announcements
+        fire once the response carrying its id is queued.
+        """
+        self._held[seq] = (data, announcements, release)
+        if self._flushing:
+            return  # the task sending earlier lines' responses sends this one too
+        self._flushing = True
         try:
-            err = RpcError(
-                INVALID_REQUEST,
-                f"request line longer than {self.limits.max_line_bytes} bytes; discarded",
-                reason="too_large",
-                limit=self.limits.max_line_bytes,
-            )
-            await self._emit(encode(error_object(None, err)))
+            while self._next_out in self._held:
+                data, events, release = self._held.pop(self._next_out)
+                self._next_out += 1
+                await self._send_response(data, events, release)
         finally:
-            self._in_flight.release()
+            self._flushing = False
+
+    async def _send_response(
+        self, data: bytes | None, announcements: list[trio.Event], release: bool
+    ) -> None:
+        """Send a line's response (if any), then let its subscriptions start and free its slot."""
+        try:
+            if data is not None:
+                await self._respond(data)
+        finally:
+            for event in announcements:
+                event.set()
+            if release:
+                self._in_flight.release()
 
     async def _emit(self, data: bytes) -> None:
         assert self._send is not None
+        if self._peer_gone:
+            return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._queued += 1
             await self._send.send(data)
@@ -225,6 +292,8 @@ class Connection:
         sends those of a group commit with one write.
         """
         assert self._send is not None
+        if self._peer_gone:
+            return
         # The caller's own request holds one slot.
         if not self._queued and not self._writing and self._requests_in_flight() <= 1:
             try:
@@ -244,56 +313,73 @@ class Connection:
     def _requests_in_flight(self) -> int:
         return self.limits.max_in_flight - self._in_flight.value
 
-    async def _handle_messages(self, messages: list[Message], is_batch: bool) -> None:
+    async def _handle_messages(self, messages: list[Message], is_batch: bool, seq: int) -> None:
         announcements: list[trio.Event] = []
         _announcements.set(announcements)
+        ordered = _ordered(messages)
+        if not ordered:
+            # Its response goes out whenever it is ready; later lines need not wait for it.
+            # (The line keeps its in-flight slot while it runs.)
+            await self._finish(seq, None, [], release=False)
+        data = None
         try:
-            responses: list[dict[str, Any]] = []
-            for msg in messages:
-                if isinstance(msg, Invalid):
-                    responses.append(error_object(msg.id, msg.error))
-                    continue
-                try:
-                    result = await self.server.service.call(self, msg.method, msg.params)
-                    response = result_object(msg.id, result)
-                except RpcError as exc:
-                    response = error_object(msg.id, exc)
-                if not msg.is_notification:
-                    responses.append(response)
-            if responses:
-                try:
-                    data = encode(responses if is_batch else responses[0])
-                except (TypeError, ValueError) as exc:
-                    log.exception("cannot encode a response")
-                    err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
-                    data = encode(error_object(None, err))
-                await self._respond(data)
+            try:
+                data = await self._run_messages(messages, is_batch)
+            finally:
+                self.server.line_done()
         finally:
-            for event in announcements:
-                event.set()
-            self._in_flight.release()
+            if ordered:
+                await self._finish(seq, data, announcements)
+            else:
+                await self._send_response(data, announcements, True)
 
-    async def _writer(
-        self, recv: trio.MemoryReceiveChannel[bytes], conn_scope: trio.CancelScope
-    ) -> None:
+    async def _run_messages(self, messages: list[Message], is_batch: bool) -> bytes | None:
+        """Run a line's requests; its response line (None when nothing is answered)."""
+        responses: list[dict[str, Any]] = []
+        for msg in messages:
+            if isinstance(msg, Invalid):
+                if not msg.silent:
+                    responses.append(error_object(msg.id, msg.error))
+                continue
+            try:
+                result = await self.server.service.call(self, msg.method, msg.params)
+                response = result_object(msg.id, result)
+            except RpcError as exc:
+                response = error_object(msg.id, exc)
+            if not msg.is_notification:
+                responses.append(response)
+        if not responses:
+            return None
         try:
-            async with recv:
-                async for first in recv:
-                    self._writing = True
-                    chunks = [first]
-                    size = len(first)
-                    while size < RECEIVE_CHUNK:
-                        try:
-                            more = recv.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        chunks.append(more)
-                        size += len(more)
-                    self._queued -= len(chunks)
-                    await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
-                    self._writing = False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn_scope.cancel()
+            return encode(responses if is_batch else responses[0])
+        except (TypeError, ValueError) as exc:
+            log.exception("cannot encode a response")
+            err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
+            return encode(error_object(None, err))
+
+    async def _writer(self, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        async with recv:
+            async for first in recv:
+                self._writing = True
+                chunks = [first]
+                size = len(first)
+                while size < RECEIVE_CHUNK:
+                    try:
+                        more = recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    chunks.append(more)
+                    size += len(more)
+                self._queued -= len(chunks)
+                if not self._peer_gone:
+                    try:
+                        await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        # The client went away. What it sent still runs (a write it sent
+                        # still commits); there is nobody left to answer or notify.
+                        self._peer_gone = True
+                        self._stop_subscriptions()
+                self._writing = False
 
     # --- Session -------------------------------------------------------------------------
 
@@ -373,6 +459,15 @@ class ApiServer:
         self._done = trio.Event()
         self._stopping = False
         self._uid = os.getuid()
+        self.executing = 0
+        """Lines read and not yet run, on every connection (shutdown waits for them)."""
+        self._idle = trio.Event()
+
+    def line_done(self) -> None:
+        """A line counted in :attr:`executing` has run."""
+        self.executing -= 1
+        if not self.executing:
+            self._idle.set()
 
     async def serve(
         self, sock: trio.socket.SocketType, *, task_status: trio.TaskStatus[None]
@@ -443,15 +538,23 @@ class ApiServer:
         await stream.aclose()
 
     async def shutdown(self, grace_s: float) -> None:
-        """Stop accepting, let requests in flight finish (up to ``grace_s``), then close all."""
+        """Stop accepting, let the requests read so far run (up to ``grace_s``), give their
+        responses up to :data:`FLUSH_S` to be read, then close every connection."""
         self._stopping = True
         self._accept_scope.cancel()
         for conn in list(self.connections):
             conn.stop()
         with trio.move_on_after(grace_s):
-            await self._done.wait()
-        if not self._done.is_set():
+            while self.executing:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        if self.executing:
             log.warning("requests still running after %.0f s; cancelling them", grace_s)
+        else:
+            # A client that does not read its responses must not hold up the exit.
+            with trio.move_on_after(FLUSH_S):
+                await self._done.wait()
+        if not self._done.is_set():
             if self._conn_nursery is not None:
                 self._conn_nursery.cancel_scope.cancel()
             await self._done.wait()

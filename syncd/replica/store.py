@@ -88,15 +88,18 @@ class Store(StoreCore):
             self.poisoned = False
             raise
         taken = (before, counter.next - 1) if counter.next > before else None
+        changed = True
         if taken is not None:
             self._record_taken(entry, *taken)
             entry.pending.append(delta)
         elif not delta.is_bottom():
             self._record(entry, delta)
             entry.pending.append(delta)
-        # else: nothing changed (e.g. a put of the current value): nothing to write.
+        else:  # nothing changed (e.g. a put of the current value): no write, no feed entry
+            changed = False
         change = Change(ns, key, doc.render(), LOCAL, existed, delta, taken)
-        self._changes.append(change)
+        if changed:
+            self._changes.append(change)
         self.poisoned = False
         self._hook("applied")
         return change
