@@ -15,11 +15,19 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from syncd import __version__
-from syncd.cli_output import print_json, show
+from syncd import __version__, jsontext
+from syncd.cli_output import OutputError, flush, print_json, show, write
 from syncd.client import Client, ClientError, DaemonNotRunning, RemoteError
-from syncd.config import ConfigError, default_name, load_config, parse_listen
-from syncd.errors import SyncdError
+from syncd.config import (
+    Config,
+    ConfigError,
+    check_device_name,
+    default_name,
+    load_config,
+    parse_listen,
+)
+from syncd.crdt.ops import check_value, parse_ops
+from syncd.errors import InvalidOperation, PatchError, SyncdError
 from syncd.identity import InvalidDeviceId, identity_exists, load_identity, parse_device_id
 from syncd.paths import Paths, resolve_paths
 
@@ -71,6 +79,14 @@ class _SubParser(Parser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _global_options(self, after=True)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Report an unknown argument after the command here, so that the message points at
+        ``syncd COMMAND --help`` (the top-level parser would only know ``syncd --help``)."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
 
 
 def build_parser() -> Parser:
@@ -139,32 +155,70 @@ def build_parser() -> Parser:
     return p
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
+def _json_arg(
+    text: str, what: str, kind: type[dict[str, Any]] | type[list[Any]]
+) -> tuple[Any, str]:
+    """Parse a JSON argument (``-``: stdin) that must be an object or an array; returns the
+    value and how to name the argument in messages.
 
-
-def _json_arg(text: str, what: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
-    """Parse a JSON argument (``-``: stdin) that must be an object or an array."""
+    Only JSON the daemon can use passes: no NaN/Infinity, no float that overflows to infinity
+    (``1e400``), no lone surrogate, raw or escaped (``"\\udcff"``).
+    """
     where = what
     if text == "-":
         where = f"{what} (from stdin)"
         text = _read_stdin(where)
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+    if jsontext.has_lone_surrogate(text):
         raise UsageError(f"{where} is not valid UTF-8 text")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = jsontext.loads(text)
     except RecursionError:
         raise UsageError(f"{where} is nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise UsageError(f"{where} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # NaN, Infinity, 1e400: valid syntax the daemon cannot take
+        raise UsageError(f"{where}: {exc}") from None
     if not isinstance(value, kind):
         expected = "a JSON object" if kind is dict else "a JSON array"
         raise UsageError(f"{where} must be {expected}, not {_json_type(value)}")
+    return value, where
+
+
+def _document_arg(text: str) -> dict[str, Any]:
+    """``put``'s JSON: an object a document can hold (checked as the daemon checks it)."""
+    value: dict[str, Any]
+    value, where = _json_arg(text, "the document", dict)
+    try:
+        check_value(value, where)
+    except (InvalidOperation, PatchError) as exc:
+        raise UsageError(str(exc)) from None
+    _check_unicode(value, where)
     return value
+
+
+def _ops_arg(text: str) -> list[Any]:
+    """``patch``'s JSON: an array of well-formed operations (checked as the daemon checks it)."""
+    ops: list[Any]
+    ops, where = _json_arg(text, "the operation list", list)
+    try:
+        parse_ops(ops)
+    except (InvalidOperation, PatchError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    _check_unicode(ops, where)
+    return ops
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    if jsontext.has_lone_surrogate(value):
+        raise UsageError(
+            f"{where} is not valid Unicode text: it escapes a lone surrogate (\\ud800-\\udfff)"
+        )
 
 
 def _read_stdin(where: str) -> str:
     """All of stdin, decoded as strict UTF-8 (whatever the locale says)."""
+    if sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise UsageError(f"{where}: standard input is closed")
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream without bytes underneath (tests)
         return sys.stdin.read()
@@ -188,11 +242,10 @@ def _json_type(value: Any) -> str:
 
 def _device_name(text: str, option: str) -> str:
     """A device name as config.toml accepts it: 1-256 printable characters."""
-    if not text.strip() or len(text) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise UsageError(f"{option} must be 1 to 256 printable characters, got {text!r}")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise UsageError(f"{option} is not valid UTF-8 text")
-    return text
+    try:
+        return check_device_name(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r}: {exc}") from None
 
 
 def _device(text: str) -> str:
@@ -221,17 +274,35 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         if args.json:
             print_json({"device_id": identity.device_id, "created": False})
         else:
-            print(identity.device_id)
+            write(identity.device_id + "\n")
             sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
         return EXIT_OK
+    kept: Config | None = None
+    if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything
+        kept = load_config(paths.config_file)
     identity, _created = prepare_home(paths)
-    write_initial_config(paths, name, listen)
-    load_config(paths.config_file)  # prove the file we wrote is valid
+    if kept is None:
+        write_initial_config(paths, name, listen)
+        load_config(paths.config_file)  # prove the file we wrote is valid
     if args.json:
         print_json({"device_id": identity.device_id, "created": True})
     else:
-        print(identity.device_id)
-        sys.stderr.write(f"syncd: created identity in {paths.state_dir} and {paths.config_file}\n")
+        write(identity.device_id + "\n")
+        config = f"; kept the existing {paths.config_file}" if kept else f" and {paths.config_file}"
+        sys.stderr.write(f"syncd: created identity in {paths.state_dir}{config}\n")
+    if kept is not None:
+        ignored = [
+            f"{option} {given!r}"
+            for option, given, current in (
+                ("--name", args.name, kept.name),
+                ("--listen", args.listen, kept.listen),
+            )
+            if given is not None and given != current
+        ]
+        if ignored:
+            sys.stderr.write(
+                f"syncd: not applied, edit {paths.config_file} instead: {', '.join(ignored)}\n"
+            )
     return EXIT_OK
 
 
@@ -267,7 +338,7 @@ def cmd_id(args: argparse.Namespace, paths: Paths) -> int:
     if args.json:
         print_json({"device_id": identity.device_id})
     else:
-        print(identity.device_id)
+        write(identity.device_id + "\n")
     return EXIT_OK
 
 
@@ -295,7 +366,7 @@ def cmd_watch(args: argparse.Namespace, paths: Paths) -> int:
         return _watch(args, paths)
     except (_Stop, KeyboardInterrupt):
         try:
-            sys.stdout.flush()
+            flush()
         except BrokenPipeError:
             _silence_stdout()
         return EXIT_OK
@@ -311,8 +382,8 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
                 client.watch(args.ns, args.prefix, True)
                 continue
             params.pop("subscription", None)
-            sys.stdout.write(json.dumps(params, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            write(json.dumps(params, ensure_ascii=False) + "\n")
+            flush()
     return EXIT_OK
 
 
@@ -346,11 +417,9 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["conflicts"] = True
         return "get", params
     if cmd == "put":
-        value = _json_arg(args.value, "the document", dict)
-        return "put", {"ns": args.ns, "key": args.key, "value": value}
+        return "put", {"ns": args.ns, "key": args.key, "value": _document_arg(args.value)}
     if cmd == "patch":
-        ops = _json_arg(args.ops, "the operations", list)
-        return "patch", {"ns": args.ns, "key": args.key, "ops": ops}
+        return "patch", {"ns": args.ns, "key": args.key, "ops": _ops_arg(args.ops)}
     if cmd == "del":
         return "delete", {"ns": args.ns, "key": args.key}
     if cmd == "ls":
@@ -386,9 +455,14 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
-    paths = resolve_paths(args.home, socket=args.socket)
     try:
-        return _dispatch(args, paths)
+        for option in ("home", "socket"):
+            if getattr(args, option) == "":  # (an empty $SYNCD_HOME is unset: resolve_paths)
+                raise UsageError(f"--{option} must not be empty")
+        paths = resolve_paths(args.home, socket=args.socket)
+        status = _dispatch(args, paths)
+        flush()  # a full disk shows at the flush; report it here, not as an exit-time error
+        return status
     except UsageError as exc:
         return _fail(exc, EXIT_USAGE)
     except DaemonNotRunning as exc:
@@ -397,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_FAILED)
     except Failed:
         return EXIT_FAILED
+    except OutputError as exc:
+        _silence_stdout()  # the unwritten rest would fail again when Python exits
+        return _fail(exc, EXIT_FAILED)
     except (ClientError, ConfigError, SyncdError) as exc:
         return _fail(exc, EXIT_FAILED)
     except KeyboardInterrupt:
@@ -405,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_OK
+    except OSError as exc:  # a file or directory syncd could not use that no check foresaw
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(SyncdError(f"{where}{exc.strerror or exc}"), EXIT_FAILED)
 
 
 def _fail(exc: Exception, status: int) -> int:
@@ -414,8 +494,12 @@ def _fail(exc: Exception, status: int) -> int:
 
 
 def _silence_stdout() -> None:
-    """After EPIPE on stdout (``syncd ls | head``), avoid a second error at exit."""
+    """After EPIPE or ENOSPC on stdout (``syncd ls | head``), point stdout at /dev/null so
+    that Python's flush at exit does not report a second error."""
     import os
 
+    if sys.stdout is None:
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

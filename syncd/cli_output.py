@@ -6,12 +6,52 @@ import argparse
 import datetime
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from syncd.errors import SyncdError
+
+
+class OutputError(SyncdError):
+    """Standard output is closed or cannot be written (a full disk): exit status 1.
+
+    A broken pipe (``syncd ls | head -1``) is not one: ``BrokenPipeError`` passes through, and
+    the CLI ends quietly.
+    """
+
+    reason = "output"
+
+
+@contextmanager
+def _stdout() -> Iterator[TextIO]:
+    stream = sys.stdout
+    if stream is None:  # started with stdout closed (`>&-`)
+        raise OutputError("cannot write output: standard output is closed")
+    try:
+        yield stream
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write output: {exc.strerror or exc}") from None
+
+
+def write(text: str) -> None:
+    """Write ``text`` to stdout (raises :class:`OutputError`)."""
+    with _stdout() as out:
+        out.write(text)
+
+
+def flush() -> None:
+    """Flush stdout, so that a late write error is the command's (raises :class:`OutputError`)."""
+    if sys.stdout is not None:
+        with _stdout() as out:
+            out.flush()
 
 
 def print_json(obj: Any) -> None:
     """One line of JSON on stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -96,7 +136,7 @@ def _get(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print_json(out)
     else:
-        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        write(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     return 0
 
 
@@ -115,7 +155,7 @@ def show(args: argparse.Namespace, result: Any) -> int:
         return 0
     text = _human(cmd, args, result)
     if text:
-        sys.stdout.write(text + "\n")
+        write(text + "\n")
     return 0
 
 

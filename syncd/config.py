@@ -8,6 +8,7 @@ the same keys for users.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -27,29 +28,99 @@ class ConfigError(SyncdError):
     reason = "bad_config"
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def parse_listen(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) into (host, port)."""
+    """Parse ``HOST:PORT`` into (host, port); raise ``ValueError`` saying what is wrong.
+
+    HOST is an IPv4 address (``0.0.0.0`` for all), an IPv6 address in brackets (``[::]``,
+    ``[fe80::1%eth0]``) or a DNS host name (letters, digits, hyphens and dots; labels of 1-63
+    characters that neither start nor end with a hyphen; at most 253 characters). A name whose
+    last label is all digits is read as an IPv4 address, as resolvers do, so ``999.1.1.1`` is
+    refused rather than looked up. PORT is 1-65535: peers dial a fixed port, so 0 ("any free
+    port") is refused. Used for this device's ``listen`` address and for other devices'
+    addresses.
+    """
     if not isinstance(text, str) or ":" not in text:
         raise ValueError("expected HOST:PORT")
+    bad = next((c for c in text if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(
+            f"unexpected character {bad!r}: HOST:PORT has no spaces, control or non-ASCII "
+            "characters"
+        )
     host, _, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
+        _check_ipv6(host[1:-1])
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    elif ":" in host:
+    elif ":" in host or "[" in host or "]" in host:
         raise ValueError("an IPv6 address must be written in brackets: [ADDR]:PORT")
-    if not host:
+    elif not host:
         raise ValueError("missing host (use 0.0.0.0 or [::] for all addresses)")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
-    return host, int(port_text)
+    else:
+        _check_host(host)
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r}")
+    port = int(port_text)
+    if port == 0:
+        raise ValueError(
+            "port 0 (any free port) is not allowed: peers need a fixed port to connect to; "
+            "use 1 to 65535"
+        )
+    return host, port
 
 
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a non-empty string")
-    if len(value) > 256 or any(ord(c) < 32 for c in value):
-        raise ValueError("expected at most 256 printable characters")
-    return value
+def _check_ipv6(host: str) -> None:
+    address, percent, zone = host.partition("%")
+    if percent and not _ZONE.fullmatch(zone):
+        raise ValueError(f"bad IPv6 zone {zone!r} (expected an interface name or number)")
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IPv6 address") from None
+
+
+def _check_host(host: str) -> None:
+    labels = host.split(".")
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{host!r} is not an IPv4 address (four numbers from 0 to 255, "
+                "without leading zeros)"
+            ) from None
+        return
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{host!r} is neither an IP address nor a host name (letters, digits, hyphens and "
+            "dots; each part 1 to 63 characters, not starting or ending with a hyphen)"
+        )
+
+
+def check_device_name(name: str) -> str:
+    """Validate a device name and return it unchanged: 1-256 printable characters, not blank.
+
+    Printable is ``str.isprintable()``: letters, marks, digits, punctuation, symbols and the
+    ASCII space. Control and format characters (U+0085, the zero-width space U+200B), other
+    spaces and lone surrogates are not. Raises ``ValueError`` saying what is wrong.
+    """
+    if not isinstance(name, str):
+        raise ValueError("a device name must be a string")
+    if not name.strip():
+        raise ValueError("a device name must not be empty or blank")
+    if len(name) > 256:
+        raise ValueError(f"a device name has at most 256 characters, got {len(name)}")
+    for i, c in enumerate(name):
+        if not c.isprintable():
+            raise ValueError(
+                f"a device name must be printable characters; {c!r} (U+{ord(c):04X}) at "
+                f"position {i + 1} is not"
+            )
+    return name
 
 
 def _listen(value: Any) -> str:
@@ -83,7 +154,12 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("name", None, _str, "this device's name shown to peers (default: the host name)"),
+    Key(
+        "name",
+        None,
+        check_device_name,
+        "this device's name shown to peers (default: the host name)",
+    ),
     Key("listen", "0.0.0.0:7400", _listen, "HOST:PORT for peer connections"),
     Key("log_level", "info", _level, "debug, info, warning or error (`--log-level` wins)"),
     Key(

@@ -9,7 +9,9 @@ Precedence, first match wins, per directory:
    (default ``~/.local/state/syncd``), ``$XDG_RUNTIME_DIR/syncd``; with no
    ``$XDG_RUNTIME_DIR`` the socket lives in the state directory.
 
-``$SYNCD_SOCKET`` (or the CLI's ``--socket``) overrides only the socket a *client* connects to.
+``$SYNCD_SOCKET`` (or the CLI's ``--socket``) overrides only the socket a *client* connects to
+(:attr:`Paths.socket`); the daemon always binds :attr:`Paths.daemon_socket` in its runtime
+directory, so pointing a client elsewhere can never move or replace another instance's socket.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class Paths:
     state_dir: Path
     runtime_dir: Path
     socket: Path
+    """The socket a client connects to (``--socket``/``$SYNCD_SOCKET``, else the daemon's)."""
+
+    @property
+    def daemon_socket(self) -> Path:
+        """The socket the daemon binds: in the runtime directory, whatever ``--socket`` says."""
+        return self.runtime_dir / SOCKET_FILE
 
     @property
     def config_file(self) -> Path:

@@ -152,7 +152,7 @@ def test_daemon_errors_exit_1_with_one_line(run: Run, daemon: DaemonProcess) -> 
     fails(run(*h, "patch", "docs", "e", '[{"op":"inc","path":["r"],"by":1}]'), 1, "counter")
     fails(run(*h, "put", "docs", "e", "[1, 2]"), 2, "must be a JSON object")
     fails(run(*h, "patch", "docs", "e", '{"op": "inc"}'), 2, "must be a JSON array")
-    fails(run(*h, "patch", "docs", "e", '[{"op": "nope", "path": []}]'), 1, "ops[0].op")
+    fails(run(*h, "patch", "docs", "e", '[{"op": "nope", "path": []}]'), 2, "ops[0].op")
     fails(run(*h, "untrust", OTHER), 1, "not trusted")
     fails(run(*h, "share", "docs", OTHER), 1, "not trusted")
 
@@ -238,3 +238,197 @@ def test_console_script_and_python_m_agree(daemon: DaemonProcess) -> None:
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1
     assert "/nonexistent/x/syncd.sock" in missing.stderr
+
+
+# --- audit fixes -----------------------------------------------------------------------------
+
+
+def shell_cli(*argv: str, redirect: str) -> subprocess.CompletedProcess[str]:
+    """``python -m syncd ARGV`` with stdout redirected by the shell (``>&-``, ``>/dev/full``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable, "-m", "syncd", *argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def fails_subprocess(proc: subprocess.CompletedProcess[str], status: int, fragment: str) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    fails((proc.returncode, proc.stdout, proc.stderr), status, fragment)
+
+
+def test_init_on_a_home_that_cannot_be_a_directory(run: Run, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    fails(run("--home", str(afile / "x"), "init"), 1, f"cannot create {afile / 'x'}: Not a dir")
+    fails(run("--home", str(afile), "init"), 1, f"cannot create {afile}: File exists")
+
+
+@pytest.mark.parametrize(
+    ("argv", "redirect", "fragment"),
+    [
+        (["ls", "out"], ">&-", "standard output is closed"),
+        (["status"], ">&-", "standard output is closed"),
+        (["--json", "get", "out", "k"], ">&-", "standard output is closed"),
+        (["id"], ">&-", "standard output is closed"),
+        (["ls", "out"], ">/dev/full", "No space left on device"),
+        (["id"], ">/dev/full", "No space left on device"),
+        (["--json", "status"], ">/dev/full", "No space left on device"),
+    ],
+)
+def test_output_that_cannot_be_written_is_one_line(
+    daemon: DaemonProcess, argv: list[str], redirect: str, fragment: str
+) -> None:
+    if redirect == ">/dev/full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    daemon.call("put", ns="out", key="k", value={"v": 1})
+    proc = shell_cli("--home", str(daemon.home), *argv, redirect=redirect)
+    fails_subprocess(proc, 1, f"cannot write output: {fragment}")
+
+
+def test_a_closed_pipe_still_ends_quietly(daemon: DaemonProcess) -> None:
+    daemon.call("put", ns="pipe", key="k", value={"v": 1})
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write gets EPIPE, as when `head -1` has exited
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "syncd", "--home", str(daemon.home), "ls", "pipe"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["put", "n", "k", '{"v": 1e400}'], "the document: the number 1e400 is too large"),
+        (["put", "n", "k", '{"v": -1e400}'], "the number -1e400 is too large"),
+        (["put", "n", "k", '{"v": NaN}'], "NaN is not valid JSON"),
+        (["put", "n", "k", '{"v": 18446744073709551616}'], "outside the range"),
+        (["put", "n", "k", '{"v": [-18446744073709551616]}'], "outside the range"),
+        (["put", "n", "k", '{"v": ' + "[" * 40 + "]" * 40 + "}"], "nests deeper than 32"),
+        (["put", "n", "k", '{"s": "\\udcff"}'], "the document is not valid Unicode text"),
+        (["put", "n", "k", '{"\\ud800": 1}'], "the document is not valid Unicode text"),
+        (["patch", "n", "k", '[{"op": "nope", "path": []}]'], "the operation list: ops[0].op"),
+        (["patch", "n", "k", '[{"op": "set", "path": ["a"]}]'], "needs 'value'"),
+        (["patch", "n", "k", '[{"op": "set", "path": ["a"], "value": 1e400}]'], "1e400"),
+        (
+            ["patch", "n", "k", '[{"op": "add", "path": ["s"], "value": 18446744073709551616}]'],
+            "ops[0].value holds the integer",
+        ),
+        (["patch", "n", "k", '[{"op": "inc", "path": ["c"], "by": 9223372036854775808}]'], "64"),
+        (
+            ["patch", "n", "k", '[{"op": "insert", "path": ["t"], "index": 0, "text": "\\udfff"}]'],
+            "the operation list is not valid Unicode text",
+        ),
+        (["patch", "n", "k", '{"op": "inc"}'], "the operation list must be a JSON array"),
+    ],
+)
+def test_json_the_daemon_cannot_store_is_refused_before_asking_it(
+    run: Run, tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    # No daemon runs at this home: exit 2 (not 3) shows the CLI refused it on its own.
+    fails(run("--home", str(tmp_path), *argv), 2, fragment)
+
+
+def test_json_from_stdin_is_checked_the_same_way(run: Run, tmp_path: Path) -> None:
+    fails(
+        run("--home", str(tmp_path), "put", "n", "k", "-", stdin='{"v": 1e400}'),
+        2,
+        "the document (from stdin): the number 1e400",
+    )
+
+
+def test_json_at_the_limits_is_stored(run: Run, daemon: DaemonProcess) -> None:
+    h = ("--home", str(daemon.home))
+    value = '{"big": 18446744073709551615, "small": -18446744073709551615, "e": "\\ud83d\\ude00"}'
+    ok(run(*h, "put", "limits", "k", value))
+    got = json.loads(ok(run(*h, "get", "limits", "k")))
+    assert got == {"big": 2**64 - 1, "small": -(2**64) + 1, "e": "\U0001f600"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["init", "--listen", " 1.2.3.4:80"],
+        ["init", "--listen", "999.1.1.1:80"],
+        ["init", "--listen", "0.0.0.0:0"],
+        ["init", "--listen", "a_b.example:80"],
+        ["init", "--name", "a\x85b"],
+        ["init", "--name", "a\u200bb"],
+        ["init", "--name", "   "],
+        ["trust", OTHER, "--addr", "\udcff:1"],
+        ["trust", OTHER, "--addr", "[::1]:0"],
+        ["trust", OTHER, "--name", "a\u200bb"],
+    ],
+)
+def test_bad_addresses_and_names_are_usage_errors(
+    run: Run, tmp_path: Path, argv: list[str]
+) -> None:
+    option = next(a for a in argv if a.startswith("--"))
+    fails(run("--home", str(tmp_path / "h"), *argv), 2, option)
+    assert not (tmp_path / "h").exists()
+
+
+def test_init_keeps_an_existing_config_and_says_so(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text('name = "mine"\n')
+    status, out, err = run("--home", str(home), "init", "--name", "other", "--listen", "h:1")
+    assert status == 0, err
+    assert (home / "config.toml").read_text() == 'name = "mine"\n'
+    assert out.strip() == ok(run("--home", str(home), "id")).strip()
+    created, not_applied = err.splitlines()
+    assert created == f"syncd: created identity in {home}; kept the existing {home}/config.toml"
+    assert not_applied.startswith("syncd: not applied")
+    assert "--name 'other'" in not_applied
+    assert "--listen 'h:1'" in not_applied
+
+
+def test_init_with_matching_options_on_an_existing_config(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text('name = "mine"\n')
+    status, out, err = run("--home", str(home), "--json", "init", "--name", "mine")
+    assert status == 0, err
+    assert json.loads(out)["created"] is True
+    assert err == ""
+
+
+def test_init_with_a_bad_existing_config_creates_nothing(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text('nmae = "x"\n')
+    fails(run("--home", str(home), "init"), 1, "unknown key `nmae`")
+    assert not (home / "key.pem").exists()
+
+
+def test_unknown_option_of_a_command_points_at_its_help(run: Run, tmp_path: Path) -> None:
+    home = str(tmp_path)
+    fails(run("--home", home, "status", "--bogus"), 2, "(see `syncd status --help`)")
+    fails(run("--home", home, "ls", "n", "p", "extra"), 2, "(see `syncd ls --help`)")
+    fails(run("--home", home, "folder", "rm", "n", "-x"), 2, "(see `syncd folder rm --help`)")
+    fails(run("--home", home, "--bogus", "status"), 2, "(see `syncd --help`)")
+
+
+def test_empty_home_is_an_error_but_empty_env_is_unset(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fails(run("--home", "", "id"), 2, "--home must not be empty")
+    fails(run("id", "--home", ""), 2, "--home must not be empty")
+    fails(run("--socket", "", "status"), 2, "--socket must not be empty")
+    monkeypatch.setenv("SYNCD_HOME", "")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    fails(run("id"), 1, f"no identity in {tmp_path / 'state' / 'syncd'}")

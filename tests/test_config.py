@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from syncd.config import (
     KEYS,
     ConfigError,
+    check_device_name,
     config_from_mapping,
     initial_config_text,
     load_config,
@@ -61,6 +63,13 @@ def test_values_are_read(tmp_path: Path) -> None:
         ('api = "x"\n', "`api` must be a table"),
         ('name = ""\n', "bad value for `name`"),
         ("name = [\n", "invalid TOML"),
+        # The same checks as `syncd init` and the API's `trust` (config.check_device_name,
+        # config.parse_listen).
+        ('name = "a\\u0085b"\n', "U+0085"),
+        ('name = "a\\u200bb"\n', "U+200B"),
+        ('listen = " 1.2.3.4:80"\n', "unexpected character"),
+        ('listen = "999.1.1.1:80"\n', "not an IPv4 address"),
+        ('listen = "0.0.0.0:0"\n', "port 0"),
     ],
 )
 def test_bad_files_name_the_key_and_the_file(tmp_path: Path, text: str, fragment: str) -> None:
@@ -90,11 +99,79 @@ def test_initial_config_is_valid_and_documents_every_key() -> None:
 
 def test_parse_listen() -> None:
     assert parse_listen("0.0.0.0:7400") == ("0.0.0.0", 7400)
-    assert parse_listen("[::]:0") == ("::", 0)
+    assert parse_listen("[::]:22000") == ("::", 22000)
     assert parse_listen("host.example:22") == ("host.example", 22)
     for bad in ("", ":80", "[zz]:80", "a:b", "a:-1"):
         with pytest.raises(ValueError, match=r".+"):
             parse_listen(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("0.0.0.0:22000", "0.0.0.0", 22000),
+        ("[::]:22000", "::", 22000),
+        ("localhost:22000", "localhost", 22000),
+        ("255.255.255.255:65535", "255.255.255.255", 65535),
+        ("[fe80::1%eth0]:7400", "fe80::1%eth0", 7400),
+        ("Host-1.example.COM:1", "Host-1.example.COM", 1),
+        ("a" * 63 + ".example:7400", "a" * 63 + ".example", 7400),
+        ("host2.x1:80", "host2.x1", 80),
+    ],
+)
+def test_parse_listen_accepts(text: str, host: str, port: int) -> None:
+    assert parse_listen(text) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (" 1.2.3.4:80", "unexpected character ' '"),
+        ("1.2.3.4:80 ", "unexpected character ' '"),
+        ("1.2.3.4\n:80", "unexpected character '\\n'"),
+        ("\udcff:1", "unexpected character '\\udcff'"),
+        ("h\u00e9te:1", "non-ASCII"),
+        ("999.1.1.1:80", "not an IPv4 address"),
+        ("1.2.3:80", "not an IPv4 address"),
+        ("01.2.3.4:80", "not an IPv4 address"),
+        ("host.1:80", "not an IPv4 address"),
+        ("a_b:80", "host name"),
+        ("-a.example:80", "host name"),
+        ("a-.example:80", "host name"),
+        ("a..b:80", "host name"),
+        ("a" * 64 + ".example:80", "host name"),
+        (".".join(["a" * 63] * 4) + ":80", "host name"),  # 255 characters
+        ("[::1%a b]:80", "unexpected character"),
+        ("[::1%]:80", "zone"),
+        ("[1.2.3.4]:80", "not an IPv6 address"),
+        ("[::1:80", "brackets"),
+        ("1.2.3.4:0", "port 0 (any free port) is not allowed"),
+        ("[::]:0", "port 0 (any free port) is not allowed"),
+        ("h:65536", "port must be a number from 1 to 65535"),
+        ("h:\u0663", "non-ASCII"),
+        ("h:", "port must be"),
+    ],
+)
+def test_parse_listen_rejects(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_listen(text)
+
+
+def test_device_names() -> None:
+    for good in ("laptop", "Anna's phone", "ü" * 256, " padded ", "日本語"):
+        assert check_device_name(good) == good
+    for bad, fragment in (
+        ("", "empty or blank"),
+        ("   ", "empty or blank"),
+        ("x" * 257, "at most 256"),
+        ("a\x85b", "U+0085"),
+        ("a\u200bb", "U+200B"),
+        ("a\tb", "U+0009"),
+        ("a\u00a0b", "U+00A0"),
+        ("a\udcffb", "U+DCFF"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            check_device_name(bad)
 
 
 def test_home_puts_everything_in_one_directory(tmp_path: Path) -> None:
@@ -144,3 +221,13 @@ def test_socket_override_only_moves_the_socket(tmp_path: Path) -> None:
     paths = resolve_paths(tmp_path, env={}, socket="/x/y.sock")
     assert paths.socket == Path("/x/y.sock")
     assert paths.state_dir == tmp_path
+
+
+def test_the_daemon_socket_ignores_the_client_override(tmp_path: Path) -> None:
+    paths = resolve_paths(tmp_path, env={"SYNCD_SOCKET": "/x/y.sock"})
+    assert paths.socket == Path("/x/y.sock")
+    assert paths.daemon_socket == tmp_path / "syncd.sock"
+    xdg = resolve_paths(
+        None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1"}, socket="/s"
+    )
+    assert xdg.daemon_socket == Path("/run/user/1/syncd/syncd.sock")

@@ -331,3 +331,24 @@ def test_sigterm_finishes_requests_in_flight(home: Path) -> None:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_run_ignores_the_client_socket_override(tmp_path: Path) -> None:
+    # $SYNCD_SOCKET (like --socket) only tells clients where to connect: a daemon started with
+    # it pointing at another instance's socket binds its own and leaves the other one alone.
+    with daemon_process(tmp_path / "a") as first:
+        first_id = first.call("status")["device_id"]
+        stray = tmp_path / "elsewhere" / "other.sock"
+        with daemon_process(tmp_path / "b", SYNCD_SOCKET=str(first.socket)) as second:
+            assert second.socket == tmp_path / "b" / "syncd.sock"
+            second_id = second.call("status")["device_id"]
+            assert second_id != first_id
+            assert first.call("status")["device_id"] == first_id
+            assert "ignoring --socket/$SYNCD_SOCKET" in second.stderr()
+            assert second.stop() == 0
+        with daemon_process(tmp_path / "c", SYNCD_SOCKET=str(stray)) as third:
+            assert third.call("status")["version"]
+            assert not stray.parent.exists()
+            assert third.stop() == 0
+        assert first.call("status")["device_id"] == first_id
+        assert first.stop() == 0

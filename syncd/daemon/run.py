@@ -99,13 +99,22 @@ class Settings:
         return self.config.api
 
 
+def make_private_dir(path: Path) -> None:
+    """:func:`ensure_private_dir`, failing with :class:`DaemonError` (``cannot create DIR:
+    Not a directory``) instead of a bare ``OSError``."""
+    try:
+        ensure_private_dir(path)
+    except OSError as exc:
+        raise DaemonError(f"cannot create {path}: {exc.strerror}") from None
+
+
 def prepare_home(paths: Paths) -> tuple[Identity, bool]:
-    """Create the directories (0700) and the identity if missing; write an initial config.
+    """Create the state directory (0700) and the identity if missing.
 
     Returns (identity, created). Used by ``syncd init`` and by ``syncd run`` on an empty home.
     """
+    make_private_dir(paths.state_dir)
     try:
-        ensure_private_dir(paths.state_dir)
         identity, created = load_or_create_identity(paths.state_dir)
     except PermissionError as exc:
         raise DaemonError(f"cannot use {exc.filename}: permission denied") from None
@@ -113,13 +122,19 @@ def prepare_home(paths: Paths) -> tuple[Identity, bool]:
 
 
 def write_initial_config(paths: Paths, name: str, listen: str) -> bool:
-    """Write config.toml unless it exists; returns whether it was written."""
+    """Write config.toml unless it exists; returns whether it was written.
+
+    Raises :class:`DaemonError` when the file cannot be written.
+    """
     if paths.config_file.exists():
         return False
-    ensure_private_dir(paths.config_dir)
+    make_private_dir(paths.config_dir)
     tmp = paths.config_file.with_name(paths.config_file.name + ".tmp")
-    tmp.write_text(initial_config_text(name, listen), encoding="utf-8")
-    os.replace(tmp, paths.config_file)
+    try:
+        tmp.write_text(initial_config_text(name, listen), encoding="utf-8")
+        os.replace(tmp, paths.config_file)
+    except OSError as exc:
+        raise DaemonError(f"cannot write {paths.config_file}: {exc.strerror}") from None
     return True
 
 
@@ -164,10 +179,7 @@ async def run_daemon(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         lock = InstanceLock(paths.lock_file)
         try:
-            try:
-                ensure_private_dir(paths.state_dir)
-            except OSError as exc:
-                raise DaemonError(f"cannot create {paths.state_dir}: {exc.strerror}") from None
+            make_private_dir(paths.state_dir)
             lock.acquire()
             if paths.config_file.exists():
                 load_config(paths.config_file)  # a bad file stops us before anything is created
@@ -176,8 +188,8 @@ async def run_daemon(
                 log.info("created identity %s in %s", identity.device_id, paths.state_dir)
                 try:
                     write_initial_config(paths, default_name(), "0.0.0.0:7400")
-                except OSError as exc:
-                    log.info("not writing %s (%s); using defaults", paths.config_file, exc)
+                except DaemonError as exc:
+                    log.info("%s; using defaults", exc)
             config = load_config(paths.config_file)
             settings = Settings(config, log_level)
             set_level(settings.log_level)
@@ -195,7 +207,10 @@ async def _serve(
     notifier: Notifier,
     signals: AsyncIterator[int],
 ) -> int:
-    ensure_private_dir(paths.runtime_dir)
+    make_private_dir(paths.runtime_dir)
+    socket_path = paths.daemon_socket
+    if paths.socket != socket_path:
+        log.info("ignoring --socket/$SYNCD_SOCKET %s: it is for clients", paths.socket)
     async with store_factory(paths, identity) as store:
         hub = WatchHub()
         remove_listener = store.add_change_listener(hub.publish)
@@ -208,20 +223,20 @@ async def _serve(
         )
         server = ApiServer(service, hub, settings.api)
         try:
-            sock = bind_unix(paths.socket)
+            sock = bind_unix(socket_path)
         except OSError as exc:
-            raise DaemonError(f"cannot create the API socket {paths.socket}: {exc}") from None
-        bound = paths.socket.stat().st_ino
+            raise DaemonError(f"cannot create the API socket {socket_path}: {exc}") from None
+        bound = socket_path.stat().st_ino
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(sock))
-                await probe_socket(paths.socket)
+                await probe_socket(socket_path)
                 freeze_startup_objects()
                 log.info(
                     "syncd %s ready: device %s, socket %s",
                     __version__,
                     identity.device_id,
-                    paths.socket,
+                    socket_path,
                 )
                 notifier.ready(_summary(identity, server))
                 nursery.start_soon(notifier.watchdog)
@@ -238,8 +253,8 @@ async def _serve(
         finally:
             remove_listener()
             with contextlib.suppress(OSError):
-                if paths.socket.stat().st_ino == bound:
-                    paths.socket.unlink()
+                if socket_path.stat().st_ino == bound:
+                    socket_path.unlink()
     log.info("stopped")
     return 0
 
