@@ -256,3 +256,22 @@ async def test_close_waits_for_work_on_the_writer_thread(tmp_path: Path) -> None
     with Store(db) as s:
         assert s.list_keys("ns") == [f"k{i}" for i in range(5)]
     assert check_database(db) == []
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_others_runnable_sees_the_run_queue(
+    monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    if not fast:  # the public-statistics fallback answers the same
+        monkeypatch.setattr(aio, "_RUN_CONTEXT", None)
+    assert not aio.others_runnable()
+    started = trio.Event()
+
+    async def start() -> None:
+        started.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start)
+        assert aio.others_runnable()  # the new task is ready, and has not run yet
+        await started.wait()
+        assert not aio.others_runnable()

@@ -37,12 +37,13 @@ class Delete:
 Write = Put | Patch | Delete
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per write, and frozen ones cost 4x to make
 class Change:
     """One committed change to one document, as the change feed and the writers see it.
 
+    Treat it, and its ``delta``, as read-only: the same object goes to every listener.
     ``delta`` is what a peer must join to get the change (None when the write changed
-    nothing, e.g. deleting an absent document); treat it as read-only. ``value`` is the
+    nothing, e.g. deleting an absent document). ``value`` is the
     document rendered after the change (None when deleted or absent). ``dots`` is, for a
     local change, the range of counters it took from this replica's dot counter.
     """

@@ -263,16 +263,23 @@ class Writer:
     def _deliver(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
     ) -> None:
+        listeners = self._listeners if changes else ()
+        if len(done) == 1:  # the common case (a lone write), without the grouping below
+            sink = done[0][0].sink
+            sink.batch_done(done, changes if sink in listeners else [])
+            for other in listeners:
+                if other is not sink:
+                    other.batch_done([], changes)
+            return
         by_sink: dict[int, tuple[Sink, list[tuple[Request, outcome.Outcome[Any]]]]] = {}
         for item in done:
             sink = item[0].sink
             by_sink.setdefault(id(sink), (sink, []))[1].append(item)
-        listeners = {id(s) for s in self._listeners} if changes else set()
-        if changes:
-            for sink in self._listeners:
-                by_sink.setdefault(id(sink), (sink, []))
+        listening = {id(s) for s in listeners}
+        for sink in listeners:
+            by_sink.setdefault(id(sink), (sink, []))
         for key, (sink, items) in by_sink.items():
-            sink.batch_done(items, changes if key in listeners else [])
+            sink.batch_done(items, changes if key in listening else [])
 
     def _shutdown(self, pending: list[Request]) -> None:
         with self._lock:
