@@ -166,7 +166,7 @@ KEYS: tuple[Key, ...] = (
         "api.max_line_bytes",
         16 * MiB,
         _int_range(1024, 1024 * MiB),
-        "longest accepted JSON-RPC line; longer ones get error -32600 (too_large)",
+        "longest accepted JSON-RPC line; longer ones get error -32000 (too_large)",
     ),
     Key(
         "api.max_connections",

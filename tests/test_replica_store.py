@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from syncd.replica import (
     CorruptDatabaseError,
     DatabaseLockedError,
     Delete,
+    InvalidDeltaError,
     InvalidKeyError,
     Patch,
     Put,
@@ -341,9 +343,9 @@ def test_100k_documents_open_and_one_get_loads_one(
     decoded: list[int] = []
     real = replica_core.decode_document  # type: ignore[attr-defined]
 
-    def counting(data: bytes) -> Document:
+    def counting(data: bytes, **options: Any) -> Document:
         decoded.append(len(data))
-        return real(data)
+        return real(data, **options)
 
     monkeypatch.setattr(replica_core, "decode_document", counting)
     with Store(db) as s:
@@ -470,3 +472,29 @@ def test_an_unreadable_delta_log_is_reported_not_skipped(db: Path) -> None:
     with Store(db) as s, pytest.raises(CorruptDatabaseError, match="delta log of document 'k'"):
         s.get("n", "k")
     assert any("does not decode" in p for p in check_database(db))
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_a_document_never_grows_past_the_size_limit(
+    db: Path, monkeypatch: pytest.MonkeyPatch, logged: bool
+) -> None:
+    # Such a document used to be stored, and then refused by the reader (the limit is what a
+    # peer accepts), after a restart: an acknowledged write made it unreadable.
+    monkeypatch.setattr(replica_core, "MAX_DOCUMENT_BYTES", 20_000)
+    with Store(db, log_min_bytes=1_000 if logged else doclog.LOG_MIN_STATE_BYTES) as s:
+        s.apply_local("n", "k", Put({"a": "x" * 9_000}))
+        s.apply_local("n", "k", Patch([{"op": "set", "path": ["b"], "value": "y" * 9_000}]))
+        with pytest.raises(PatchError) as info:
+            s.apply_local("n", "k", Patch([{"op": "set", "path": ["c"], "value": "z" * 9_000}]))
+        assert info.value.reason == "too_large"
+        assert set(s.get("n", "k").value or {}) == {"a", "b"}
+        s.apply_local("n", "other", Put({"ok": True}))  # the store is still usable
+        huge = Document()
+        huge.put({"d": "w" * 30_000}, DotCounter("feedfacefeedface"))
+        with pytest.raises(InvalidDeltaError):
+            s.apply_remote("n", [("k", huge)], "DEV")
+        assert set(s.get("n", "k").value or {}) == {"a", "b"}
+    with Store(db) as s:  # and all of it reads back
+        assert set(s.get("n", "k").value or {}) == {"a", "b"}
+        assert s.get("n", "other").value == {"ok": True}
+    assert check_database(db) == []

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from syncd.crdt import CausalContext, Document, DotCounter, decode_document, encode_document
-from syncd.errors import CodecError
+from syncd.crdt.codec import MAX_DOCUMENT_BYTES
+from syncd.errors import CodecError, PatchError
 from syncd.replica import doclog, ranges, schema
 from syncd.replica.cache import LRUCache
 from syncd.replica.errors import (
@@ -31,6 +32,10 @@ from syncd.replica.model import (
 )
 
 T = TypeVar("T")
+STORED_READ_LIMIT = 4 * MAX_DOCUMENT_BYTES
+"""The largest stored state or delta read back from the database. Writes keep documents under
+:data:`MAX_DOCUMENT_BYTES` (the most a peer accepts); reading allows more, so that a document
+whose size was estimated a little low is still read, never lost."""
 DEFAULT_CACHE_ITEMS = 4096
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 PREFETCH_CHUNK = 64
@@ -72,6 +77,7 @@ class DocEntry:
         "log_seq",
         "ns",
         "pending",
+        "state",
         "stored_live",
     )
 
@@ -84,8 +90,11 @@ class DocEntry:
         self.dirty: dict[str, list[ranges.Span]] = {}
         self.fresh: list[ranges.Span] = []
         """Spans of this store's own dots that the document did not hold before this batch."""
-        self.pending: list[Document] = []
-        """Deltas joined in this batch (what the delta log would append, see doclog.py)."""
+        self.pending: list[bytes] = []
+        """Encoded deltas joined in this batch, for a logged document (see doclog.py)."""
+        self.state: bytes | None = None
+        """The encoded state after this batch's last change, for a document that is not
+        logged (encoded when the change is made, to know its size; written by the flush)."""
         self.base_bytes = 0  # the stored state's size, and the stored log's rows and bytes
         self.log_rows = 0
         self.log_bytes = 0
@@ -317,7 +326,7 @@ class StoreCore:
 
     def _decode(self, nss: NamespaceState, key: str, state: bytes) -> Document:
         try:
-            return decode_document(state)
+            return decode_document(state, max_bytes=STORED_READ_LIMIT)
         except CodecError as exc:
             raise CorruptDatabaseError(
                 f"{self.path}: document {key!r} of namespace {nss.name!r} is unreadable: {exc}"
@@ -506,7 +515,7 @@ class StoreCore:
             live = doc.exists()
             fresh = entry.doc_id is None
             if not self._log_pending(entry, log):
-                state = encode_document(doc)
+                state = entry.state if entry.state is not None else encode_document(doc)
                 if entry.doc_id is None:
                     entry.doc_id = self._take_doc_id()
                     inserts.append((entry.doc_id, nss.ns_id, entry.key, live, state))
@@ -522,6 +531,7 @@ class StoreCore:
                 assert entry.doc_id is not None
                 live_only.append((live, entry.doc_id))
             entry.pending.clear()
+            entry.state = None
             entry.stored_live = live
             doc_id = entry.doc_id
             assert doc_id is not None
@@ -562,20 +572,47 @@ class StoreCore:
                 ranges.write_ctx(conn, nss.rids[replica], ranges.covering(rs, spans))
             nss.dirty.clear()
 
+    def _logged(self, entry: DocEntry) -> bool:
+        """Whether the document's changes go to its delta log (a large stored document)."""
+        return entry.doc_id is not None and entry.base_bytes >= self._log_min_bytes
+
+    def _encode_change(self, entry: DocEntry, delta: Document) -> None:
+        """Encode what the flush will write for a change just made to ``entry``, and refuse
+        one that makes the document larger than :data:`MAX_DOCUMENT_BYTES` (no peer would
+        accept it).
+
+        A logged document keeps the encoded delta (its stored size is then at most the base,
+        the log and the new deltas); any other keeps its new encoded state. Raises
+        :class:`PatchError` (``too_large``) with the batch poisoned: the document has changed
+        in memory, and only a rollback restores it.
+        """
+        if self._logged(entry):
+            entry.pending.append(encode_document(delta))
+            size = entry.base_bytes + entry.log_bytes + sum(map(len, entry.pending))
+        else:
+            entry.state = encode_document(entry.doc)
+            size = len(entry.state)
+        if size > MAX_DOCUMENT_BYTES:
+            self.poisoned = True
+            raise PatchError(
+                f"document {entry.key!r} would take {size} bytes, more than the limit of "
+                f"{MAX_DOCUMENT_BYTES} bytes",
+                reason="too_large",
+            )
+
     def _log_pending(self, entry: DocEntry, log: doclog.LogWrites) -> bool:
         """Queue the batch's deltas of a large stored document as log rows, if they fit."""
-        if entry.doc_id is None or not entry.pending:
-            return False
-        if entry.base_bytes < self._log_min_bytes:
-            return False  # small: rewritten whole, without encoding the deltas too
-        blobs = [encode_document(delta) for delta in entry.pending]
+        doc_id = entry.doc_id
+        if doc_id is None or not entry.pending or not self._logged(entry):
+            return False  # small: rewritten whole (its deltas were never encoded)
+        blobs = entry.pending
         size = sum(len(blob) for blob in blobs)
         if not doclog.fits(
             entry.base_bytes, entry.log_rows, entry.log_bytes, len(blobs), size, self._log_max_share
         ):
             return False
         for blob in blobs:
-            log.appends.append((entry.doc_id, entry.log_seq, blob))
+            log.appends.append((doc_id, entry.log_seq, blob))
             entry.log_seq += 1
         entry.log_rows += len(blobs)
         entry.log_bytes += size

@@ -91,12 +91,12 @@ class Store(StoreCore):
         changed = True
         if taken is not None:
             self._record_taken(entry, *taken)
-            entry.pending.append(delta)
         elif not delta.is_bottom():
             self._record(entry, delta)
-            entry.pending.append(delta)
         else:  # nothing changed (e.g. a put of the current value): no write, no feed entry
             changed = False
+        if changed:
+            self._encode_change(entry, delta)  # raises (poisoned) if the document is too large
         change = Change(ns, key, doc.render(), LOCAL, existed, delta, taken)
         if changed:
             self._changes.append(change)
@@ -140,7 +140,10 @@ class Store(StoreCore):
             before = entry.doc.ctx.copy()
             if entry.doc.join(delta):
                 self._record(entry, delta)
-                entry.pending.append(delta)
+                try:
+                    self._encode_change(entry, delta)
+                except PatchError as exc:
+                    raise InvalidDeltaError(f"delta for {key!r} refused: {exc}") from None
                 new = delta.delta_since(before) or Document()
                 out.append((key, new))
                 self._changes.append(Change(ns, key, entry.doc.render(), origin, existed, new))
