@@ -18,9 +18,10 @@ Starts a real daemon (``python -m syncd --home TMP run``, waits for its READY=1 
     python bench/api.py [--seconds S] [--json]
 
 With ``--json`` the last line of stdout is one JSON object with those keys plus
-``single_vs_raw``, ``single_vs_floor``, ``targets_met`` and ``replica_single_puts_per_s``
+``single_vs_raw``, ``single_vs_floor``, ``targets_met``, ``replica_single_puts_per_s``
 (sequential puts into the replica in-process, without the API: what bounds
-``api_single_writes_per_s``).
+``api_single_writes_per_s``) and ``daemon_cpu_per_write_us`` (the daemon's CPU time, all
+threads, user and system, per single write; clock-tick resolution over each slice).
 Targets (issue 4/8): single >= 40 % of raw, batched >= 10,000/s, get p50 <= 1 ms.
 """
 
@@ -90,6 +91,12 @@ class Daemon:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(self.socket)
         return s
+
+    def cpu_s(self) -> float:
+        """CPU time (user and system, all threads) the daemon has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -285,6 +292,7 @@ def main() -> None:
             # fsync speed on a shared VM drifts by 10x within minutes: alternate short slices of
             # raw commits and API writes so both see the same disk.
             raws, singles, replicas, floors = [], [], [], []
+            cpu_per_write: list[float] = []
             raw_db = RawSqlite(Path(tmp) / "raw.db")
             floor_server = FloorServer(Path(tmp) / "floor.db")
             single_writes(floor_server.sock, 0.2)  # warm, like the daemon's first round
@@ -292,7 +300,10 @@ def main() -> None:
                 raws.append(raw_db.rate(args.seconds / rounds))
                 replicas.append(replica_single(Path(tmp) / "replica.db", args.seconds / rounds))
                 with d.connect() as conn:
+                    cpu0, t0 = d.cpu_s(), time.perf_counter()
                     singles.append(single_writes(conn, args.seconds / rounds))
+                    writes = singles[-1] * (time.perf_counter() - t0)
+                    cpu_per_write.append((d.cpu_s() - cpu0) / writes * 1e6)
                 floors.append(single_writes(floor_server.sock, args.seconds / rounds))
             raw_db.close()
             floor_server.close()
@@ -316,6 +327,7 @@ def main() -> None:
         "single_vs_raw": round(single / raw, 3),
         "single_vs_floor": round(single / floor, 3),
         "replica_single_puts_per_s": round(replica_rate),
+        "daemon_cpu_per_write_us": round(statistics.median(cpu_per_write)),
         "targets_met": targets,
     }
     print(f"raw SQLite commits (WAL, FULL):   {raw:10.0f} /s")
@@ -328,6 +340,7 @@ def main() -> None:
         f"replica alone, sequential puts:   {replica_rate:10.0f} /s"
         f"  ({replica_rate / raw:.0%} of raw)"
     )
+    print(f"daemon CPU per single write:      {result['daemon_cpu_per_write_us']:10} µs")
     print(f"API batched writes (16 clients):  {batched:10.0f} /s")
     print(f"API get p50:                      {p50:10.3f} ms")
     for name, met in targets.items():

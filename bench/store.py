@@ -12,6 +12,14 @@ durability (WAL, ``synchronous=FULL``: every acknowledged write has been fsynced
   with each round on a freshly opened database, whose WAL grows during the round: every
   fsync then also commits the file's new size, which measures the file system more than the
   commit.)
+- ``cpu_per_write_us`` / ``raw_cpu_per_commit_us``: CPU time (user and kernel, of the thread
+  that writes) per acknowledged write and per raw commit in those rounds.
+  ``raw_after_cpu_commits_per_s``: raw commits again, each after spinning for the difference
+  (the CPU a replica write spends beyond a raw commit), alternating with the others;
+  ``ratio_raw_after_cpu``: single writes against that, and ``fsync_penalty_us``: how much
+  longer a commit takes when that much CPU work comes before it. On this VM an fsync that
+  follows ~30 µs or more of work since the last one is slower than one in a tight loop, so
+  this separates what the disk charges for the CPU gap from the replica's own cost.
 - ``batched_docs_per_s``: 64 concurrent writers (group commit).
 - ``open_100k_first_get_s``: in a fresh process, open a database of 100k documents and serve
   one ``get``.
@@ -64,10 +72,19 @@ def open_raw(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def raw_round(conn: sqlite3.Connection, n: int) -> float:
-    """One-row commits per second, in explicit transactions."""
+def spin(seconds: float) -> None:
+    """Keep the CPU busy for ``seconds`` (a stand-in for a write's own work)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def raw_round(conn: sqlite3.Connection, n: int, cpu_s: float = 0.0) -> float:
+    """One-row commits per second, in explicit transactions (each after ``cpu_s`` of work)."""
     t0 = time.perf_counter()
     for i in range(n):
+        if cpu_s:
+            spin(cpu_s)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 1000, os.urandom(64)))
         conn.execute("COMMIT")
@@ -100,10 +117,9 @@ async def single_writes(path: Path, n: int, offset: int) -> float:
         return await put_round(rep, n, offset)
 
 
-async def steady_rounds(
-    d: Path, rounds: int, n: int
-) -> tuple[list[float], list[float], list[float]]:
-    """Raw commits, trio puts and thread puts per second, each round alternating the three.
+async def steady_rounds(d: Path, rounds: int, n: int) -> dict[str, list[float]]:
+    """Per round: raw commits, trio puts, thread puts and raw commits after CPU work, per
+    second, and the CPU time per raw commit and per trio put (µs); the slices alternate.
 
     Every database is opened once and warmed past a WAL checkpoint before the first round.
     """
@@ -116,7 +132,19 @@ async def steady_rounds(
             writer.call(partial(put_one, key=f"k{(offset + i) % 1000}", i=offset + i))
         return count / (time.perf_counter() - t0)
 
-    raws, ours, threaded = [], [], []
+    out: dict[str, list[float]] = {
+        k: [] for k in ("raw", "ours", "thread", "raw_after_cpu", "spin_us", "raw_cpu_us", "cpu_us")
+    }
+
+    async def measured_rounds(offset: int) -> None:
+        c0 = time.thread_time()
+        out["raw"].append(raw_round(raw, n))
+        c1 = time.thread_time()
+        out["ours"].append(await put_round(rep, n, offset))
+        c2 = time.thread_time()
+        out["raw_cpu_us"].append((c1 - c0) / n * 1e6)
+        out["cpu_us"].append((c2 - c1) / n * 1e6)
+
     try:
         async with open_replica(d / "single-steady.sqlite3") as rep:
             # Warm: 1,500 writes of 2 WAL pages (ours) and 3,000 of 1 (raw) pass the
@@ -124,15 +152,22 @@ async def steady_rounds(
             raw_round(raw, 3000)
             await put_round(rep, 1500, 0)
             await trio.to_thread.run_sync(thread_round, 1500, 0)
+            await measured_rounds(1500)  # also warm: gives the first CPU difference
+            extras = [out["cpu_us"][0] - out["raw_cpu_us"][0]]
+            for key in out:
+                out[key].clear()
             for r in range(rounds):
-                offset = 1500 + r * n
-                raws.append(raw_round(raw, n))
-                ours.append(await put_round(rep, n, offset))
-                threaded.append(await trio.to_thread.run_sync(thread_round, n, offset))
+                offset = 1500 + (r + 1) * n
+                extra_us = statistics.median(extras)  # what a write spends beyond a commit
+                await measured_rounds(offset)
+                extras.append(out["cpu_us"][-1] - out["raw_cpu_us"][-1])
+                out["thread"].append(await trio.to_thread.run_sync(thread_round, n, offset))
+                out["spin_us"].append(max(extra_us, 0.0))
+                out["raw_after_cpu"].append(raw_round(raw, n, out["spin_us"][-1] / 1e6))
     finally:
         writer.close()
         raw.close()
-    return raws, ours, threaded
+    return out
 
 
 def put_one(store: Store, key: str, i: int) -> None:
@@ -249,7 +284,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         d = Path(tmp)
-        raw, ours, threaded = trio.run(steady_rounds, d, args.rounds, args.writes)
+        steady = trio.run(steady_rounds, d, args.rounds, args.writes)
+        raw, ours, threaded = steady["raw"], steady["ours"], steady["thread"]
         raw_cold, ours_cold = [], []
         for r in range(args.rounds):
             raw_cold.append(raw_commits(d / "raw.sqlite3", args.writes))
@@ -276,12 +312,28 @@ def main() -> None:
     ratios = [o / r for o, r in zip(ours, raw, strict=True)]
     thread_ratios = [o / r for o, r in zip(threaded, raw, strict=True)]
     cold_ratios = [o / r for o, r in zip(ours_cold, raw_cold, strict=True)]
+    after_cpu = steady["raw_after_cpu"]
+    after_cpu_ratios = [o / r for o, r in zip(ours, after_cpu, strict=True)]
+    cpu_us, raw_cpu_us = (
+        statistics.median(steady["cpu_us"]),
+        statistics.median(steady["raw_cpu_us"]),
+    )
+    # A raw commit after the spin takes 1/rate = spin + the raw commit's own CPU + its wait.
+    penalties = [
+        1e6 / a - 1e6 / r - spun
+        for a, r, spun in zip(after_cpu, raw, steady["spin_us"], strict=True)
+    ]
     result: dict[str, Any] = {
         "single_writes_per_s": round(single),
         "raw_sqlite_commits_per_s": round(raw_rate),
         "ratio_raw": round(statistics.median(ratios), 3),
         "single_writes_thread_per_s": round(statistics.median(threaded)),
         "ratio_raw_thread": round(statistics.median(thread_ratios), 3),
+        "cpu_per_write_us": round(cpu_us, 1),
+        "raw_cpu_per_commit_us": round(raw_cpu_us, 1),
+        "raw_after_cpu_commits_per_s": round(statistics.median(after_cpu)),
+        "ratio_raw_after_cpu": round(statistics.median(after_cpu_ratios), 3),
+        "fsync_penalty_us": round(statistics.median(penalties), 1),
         "single_writes_cold_per_s": round(statistics.median(ours_cold)),
         "raw_sqlite_commits_cold_per_s": round(statistics.median(raw_cold)),
         "ratio_raw_cold": round(statistics.median(cold_ratios), 3),
@@ -306,6 +358,11 @@ def main() -> None:
         "single_writes_thread_per_s",
         "ratio_raw_thread",
         "ratio_raw_cold",
+        "cpu_per_write_us",
+        "raw_cpu_per_commit_us",
+        "raw_after_cpu_commits_per_s",
+        "ratio_raw_after_cpu",
+        "fsync_penalty_us",
         "large_doc_patch_ms",
         "large_doc_load_ms",
         "writes_per_commit_64",
