@@ -102,7 +102,7 @@ def build_parser() -> Parser:
     c.add_argument("--name", help="device name (default: host name)")
     c.add_argument("--listen", metavar="HOST:PORT", help="address for peer connections")
     c = sub.add_parser("run", help="run the daemon in the foreground")
-    c.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    c.add_argument("--log-level", type=str.lower, choices=["debug", "info", "warning", "error"])
     sub.add_parser("id", help="print this device's ID")
     sub.add_parser("status", help="daemon status")
     sub.add_parser("peers", help="known and pending devices")

@@ -208,10 +208,24 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         os.close(dirfd)
 
 
+class SharedDirectoryError(OSError):
+    """A directory that others may write to (such as ``/tmp``): not one to make private."""
+
+
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if missing and make sure it has mode 0700."""
+    """Create ``path`` (and parents) if missing and make sure it has mode 0700.
+
+    An existing directory that anyone may write to (world-writable or sticky, like ``/tmp``)
+    is refused with :class:`SharedDirectoryError` rather than made private: that would lock
+    everyone else out of it.
+    """
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_ISVTX | stat.S_IWOTH):
+        raise SharedDirectoryError(
+            f"{path} is a shared directory (mode {mode:04o}); give syncd a directory of its own"
+        )
+    if mode != 0o700:
         os.chmod(path, 0o700)
 
 
@@ -226,6 +240,15 @@ def create_identity(state_dir: Path) -> Identity:
     key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
     if key_path.exists():
         raise IdentityError(f"{key_path} already exists; refusing to overwrite an identity")
+    if cert_path.exists():
+        # The certificate of an identity whose key is gone: a new key would silently become a
+        # new device (peers would no longer recognise this one), and overwrite the certificate.
+        raise IdentityError(
+            f"{key_path} is missing but {cert_path} exists: this device's identity is "
+            f"incomplete. Restore {KEY_FILE} from a backup, or remove {cert_path} to start as a "
+            "new device (a new device ID that peers must trust again)",
+            reason="no_identity",
+        )
     key = ed25519.Ed25519PrivateKey.generate()
     cert = make_certificate(key)
     key_pem = key.private_bytes(

@@ -59,10 +59,12 @@ class Paths:
 
 
 def _first(value: str | None) -> Path | None:
+    """The first directory of a ``:``-separated list; a relative one counts as unset (the XDG
+    base directory spec says to ignore it, rather than resolve it against the current one)."""
     if not value:
         return None
     first = value.split(":")[0]
-    return Path(first) if first else None
+    return Path(first) if first and os.path.isabs(first) else None
 
 
 def resolve_paths(

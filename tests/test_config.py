@@ -203,6 +203,15 @@ def test_xdg_defaults_and_no_runtime_dir() -> None:
     assert paths.socket == Path("/home/u/.local/state/syncd/syncd.sock")
 
 
+def test_relative_xdg_directories_are_ignored() -> None:
+    # The XDG base directory spec: a relative path is invalid and must be ignored, not taken
+    # relative to wherever the daemon happens to start.
+    env = {"HOME": "/home/u", "XDG_STATE_HOME": "relstate", "XDG_RUNTIME_DIR": "run"}
+    paths = resolve_paths(None, env=env)
+    assert paths.state_dir == Path("/home/u/.local/state/syncd")
+    assert paths.socket == Path("/home/u/.local/state/syncd/syncd.sock")
+
+
 def test_systemd_directories_win_over_xdg() -> None:
     env = {
         "HOME": "/home/u",

@@ -13,8 +13,10 @@ from syncd.identity import (
     ALPHABET,
     IdentityError,
     InvalidDeviceId,
+    SharedDirectoryError,
     create_identity,
     device_id_from_certificate,
+    ensure_private_dir,
     format_device_id,
     load_identity,
     load_or_create_identity,
@@ -116,6 +118,18 @@ def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
         create_identity(tmp_path)
 
 
+def test_a_lost_key_is_not_silently_replaced(tmp_path: Path) -> None:
+    ident = create_identity(tmp_path)
+    cert = ident.cert_path.read_bytes()
+    ident.key_path.unlink()
+    with pytest.raises(IdentityError, match="identity is incomplete"):
+        load_or_create_identity(tmp_path)
+    assert ident.cert_path.read_bytes() == cert  # the old certificate is kept
+    assert not ident.key_path.exists()
+    ident.cert_path.unlink()  # the user's explicit choice: a new device
+    assert load_or_create_identity(tmp_path)[1] is True
+
+
 def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     ident = create_identity(tmp_path)
     ident.key_path.chmod(0o644)
@@ -132,3 +146,16 @@ def test_missing_and_garbage_keys_give_clear_errors(tmp_path: Path) -> None:
     key.chmod(0o600)
     with pytest.raises(IdentityError, match="not a valid private key"):
         load_identity(tmp_path)
+
+
+def test_a_shared_directory_is_not_made_private(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: `syncd --home /tmp` must not lock everyone out of it
+    with pytest.raises(SharedDirectoryError, match="shared directory"):
+        ensure_private_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    ensure_private_dir(own)  # an ordinary directory is tightened, as documented
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -275,3 +277,41 @@ async def test_others_runnable_sees_the_run_queue(
         assert aio.others_runnable()  # the new task is ready, and has not run yet
         await started.wait()
         assert not aio.others_runnable()
+
+
+async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        await rep.put("ns", "warm", {"v": 0})
+        store = rep.writer.store
+        full = True
+
+        def disk_full(point: str) -> None:
+            if point == "flushed" and full:
+                raise sqlite3.OperationalError("database or disk is full")
+
+        store.fault_hook = disk_full
+        errors: list[BaseException] = []
+
+        async def put(i: int) -> None:
+            try:
+                await rep.put("ns", f"k{i}", {"i": i})
+            except Exception as exc:
+                errors.append(exc)
+
+        with caplog.at_level(logging.WARNING, logger="syncd.replica"):
+            async with trio.open_nursery() as nursery:
+                for i in range(16):
+                    nursery.start_soon(put, i)
+        # Every writer of the group gets the disk's error (each its own outcome: one shared
+        # outcome can be unwrapped once, and the others got outcome.AlreadyUsedError).
+        assert len(errors) == 16
+        assert all("disk is full" in str(e) for e in errors), errors
+        assert rep.writer.stats.commits >= 1
+        warnings = [r for r in caplog.records if "commit failed" in r.getMessage()]
+        assert len(warnings) == 1  # repeated failures are not logged one by one
+        full = False
+        await rep.put("ns", "after", {"ok": True})
+        assert (await rep.get("ns", "after")).value == {"ok": True}
+        assert (await rep.get("ns", "k0")).value is None

@@ -247,6 +247,29 @@ def test_garbage_file_is_refused_and_left_alone(db: Path) -> None:
     assert db.read_bytes() == b"this is not a database" * 100
 
 
+def test_an_emptied_database_is_refused_not_taken_for_new(db: Path) -> None:
+    with Store(db) as s:
+        s.apply_local("n", "k", Put({"a": 1}))
+    wal = db.with_name(db.name + "-wal")
+    db.write_bytes(b"")  # truncated (a WAL beside it may even hold acknowledged writes)
+    wal.write_bytes(b"log that must not be dropped")
+    with pytest.raises(CorruptDatabaseError, match="empty"):
+        Store(db)
+    assert db.read_bytes() == b""
+    assert wal.read_bytes() == b"log that must not be dropped"
+
+
+def test_a_new_database_is_made_beside_and_renamed_into_place(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    leftover = db.with_name(db.name + ".new")
+    leftover.write_bytes(b"")  # a start that crashed while creating the database
+    with Store(db) as s:
+        s.apply_local("n", "k", Put({"a": 1}))
+    assert not leftover.exists()
+    with Store(db) as s:
+        assert s.get("n", "k").value == {"a": 1}
+
+
 def test_foreign_sqlite_database_is_refused(db: Path) -> None:
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db)

@@ -1,7 +1,8 @@
 """systemd notifications (sd_notify) without a dependency.
 
 Datagrams go to ``$NOTIFY_SOCKET`` (``@name`` is an abstract socket); errors are ignored, as
-sd_notify does: the daemon works the same when nobody listens.
+sd_notify does: the daemon works the same when nobody listens. Sends never block: a receiver
+that does not read (its queue full) loses the message rather than stalling the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import socket
 from collections.abc import Mapping
 
 import trio
+
+MIN_WATCHDOG_INTERVAL_S = 0.05
+"""Pings are at least this far apart, whatever ``WATCHDOG_USEC`` says (``1`` would spin)."""
 
 
 class Notifier:
@@ -42,9 +46,11 @@ class Notifier:
         message = "\n".join(f"{k.upper()}={v}" for k, v in fields.items()).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto(message, self.address)
-        except OSError:
+        except OSError:  # nobody there, or a full queue (EAGAIN): dropped, as sd_notify does
             pass
 
     def ready(self, status: str) -> None:
@@ -63,7 +69,7 @@ class Notifier:
         """Send ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` (forever; returns at once if unset)."""
         if not self.watchdog_usec or self.address is None:
             return
-        interval = self.watchdog_usec / 2 / 1_000_000
+        interval = max(self.watchdog_usec / 2 / 1_000_000, MIN_WATCHDOG_INTERVAL_S)
         while True:
             self.send(watchdog="1")
             await trio.sleep(interval)

@@ -35,11 +35,16 @@ from syncd.daemon.methods import Service
 from syncd.daemon.notify import Notifier
 from syncd.daemon.server import ApiServer
 from syncd.daemon.store import NoNetwork, Store
-from syncd.daemon.unixsock import bind_unix, short_address
+from syncd.daemon.unixsock import SocketInUseError, bind_unix, short_address
 from syncd.daemon.watch import WatchHub
 from syncd.errors import SyncdError
 from syncd.gcpolicy import configure_gc, freeze_startup_objects
-from syncd.identity import Identity, ensure_private_dir, load_or_create_identity
+from syncd.identity import (
+    Identity,
+    SharedDirectoryError,
+    ensure_private_dir,
+    load_or_create_identity,
+)
 from syncd.paths import Paths
 
 log = logging.getLogger("syncd.daemon")
@@ -104,6 +109,8 @@ def make_private_dir(path: Path) -> None:
     Not a directory``) instead of a bare ``OSError``."""
     try:
         ensure_private_dir(path)
+    except SharedDirectoryError as exc:
+        raise DaemonError(str(exc)) from None
     except OSError as exc:
         raise DaemonError(f"cannot create {path}: {exc.strerror}") from None
 
@@ -131,8 +138,16 @@ def write_initial_config(paths: Paths, name: str, listen: str) -> bool:
     make_private_dir(paths.config_dir)
     tmp = paths.config_file.with_name(paths.config_file.name + ".tmp")
     try:
-        tmp.write_text(initial_config_text(name, listen), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(initial_config_text(name, listen))
+            f.flush()
+            os.fsync(f.fileno())  # `syncd init --name X` survives a power cut
         os.replace(tmp, paths.config_file)
+        fd = os.open(paths.config_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise DaemonError(f"cannot write {paths.config_file}: {exc.strerror}") from None
     return True
@@ -153,6 +168,10 @@ async def probe_socket(path: Path) -> dict[str, object]:
             buf += chunk
     reply = json.loads(buf)
     if not isinstance(reply, dict) or "result" not in reply:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        if isinstance(message, str):  # e.g. a damaged database found by the status query
+            raise DaemonError(message)
         raise DaemonError(f"the API socket answered the start-up probe with {reply!r}")
     result = reply["result"]
     assert isinstance(result, dict)
@@ -224,6 +243,11 @@ async def _serve(
         server = ApiServer(service, hub, settings.api)
         try:
             sock = bind_unix(socket_path)
+        except SocketInUseError as exc:
+            raise DaemonError(
+                f"{exc} (another syncd using the same runtime directory with a different state "
+                "directory?); stop it, or give this one its own --home or $XDG_RUNTIME_DIR"
+            ) from None
         except OSError as exc:
             raise DaemonError(f"cannot create the API socket {socket_path}: {exc}") from None
         bound = socket_path.stat().st_ino
@@ -269,4 +293,7 @@ def _reload(paths: Paths, settings: Settings) -> None:
         log.warning("listen address changes take effect after a restart")
     settings.config = config
     set_level(settings.log_level)
-    log.info("config reloaded from %s", paths.config_file)
+    if paths.config_file.exists():
+        log.info("config reloaded from %s", paths.config_file)
+    else:
+        log.warning("config reloaded: %s does not exist; using the defaults", paths.config_file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,14 +32,20 @@ def short_address(path: Path) -> Iterator[str]:
         os.close(dirfd)
 
 
+class SocketInUseError(OSError):
+    """Something else is at the socket's path: a live server, or a file that is no socket."""
+
+
 def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
     """A listening AF_UNIX stream socket at ``path`` with mode 0600.
 
-    The caller holds the instance lock, so an existing file there is a stale socket and is
-    removed. The umask is set around ``bind`` (before the daemon starts threads).
+    A stale socket there (nobody accepts connections) is removed. A socket that still accepts
+    connections belongs to another server (e.g. a daemon of another state directory sharing
+    this runtime directory), and a file that is not a socket is not ours to delete: both
+    raise :class:`SocketInUseError`. The umask is set around ``bind`` (before the daemon
+    starts threads).
     """
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)
@@ -53,6 +60,22 @@ def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SocketInUseError(f"{path} exists and is not a socket; move it away")
+    try:
+        probe = connect_unix(path, timeout=1.0)
+    except OSError:  # refused (stale), or unreachable: nobody serves it
+        path.unlink(missing_ok=True)
+        return
+    probe.close()
+    raise SocketInUseError(f"another server is accepting connections on {path}")
 
 
 def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:

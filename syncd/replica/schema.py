@@ -35,6 +35,7 @@ Tables (``rid`` numbers one replica within one namespace; dot counters are per n
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -125,7 +126,9 @@ def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
     message = f"{path}: {doing}: {exc}"
     if primary in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
         return CorruptDatabaseError(
-            message + " (the database is damaged; restore it from a backup or move it away)"
+            message + " (the database looks damaged. If the disk itself failed, see the system "
+            "log and fix that first: a failing disk also gives this error. Otherwise restore "
+            "the database from a backup or move it away)"
         )
     if primary in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
         return DatabaseLockedError(message)
@@ -133,7 +136,12 @@ def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
 
 
 def _check_header(path: Path) -> None:
-    """A non-empty file must start with the SQLite magic; anything else is refused."""
+    """An existing file must start with the SQLite magic; anything else is refused.
+
+    That includes an empty file: syncd makes a new database under another name and renames it
+    into place (:func:`open_database`), so an empty one was truncated, and SQLite would take
+    it for a new database (and drop a write-ahead log beside it).
+    """
     try:
         with path.open("rb") as f:
             head = f.read(len(SQLITE_MAGIC))
@@ -141,8 +149,29 @@ def _check_header(path: Path) -> None:
         return
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the database: {exc}") from exc
-    if head and head != SQLITE_MAGIC:
+    if not head:
+        raise CorruptDatabaseError(
+            f"{path}: the database file is empty (truncated?); restore it from a backup, or move "
+            "it away to start with an empty database (refusing to treat it as new)"
+        )
+    if head != SQLITE_MAGIC:
         raise CorruptDatabaseError(f"{path}: not an SQLite database (refusing to overwrite it)")
+
+
+def _create_file(path: Path, build_index: IndexBuilder) -> None:
+    """Make a new, empty database at ``path`` atomically: built beside it, then renamed."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, *(tmp.with_name(tmp.name + x) for x in ("-wal", "-shm", "-journal"))):
+        leftover.unlink(missing_ok=True)  # from a start that crashed while creating
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            _prepare(conn, tmp, "full", build_index)
+        finally:
+            conn.close()  # the last connection checkpoints the log into the file
+        os.replace(tmp, path)
+    except sqlite3.Error as exc:
+        raise database_error(path, "cannot create the database", exc) from exc
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -186,6 +215,8 @@ def open_database(
     """
     if synchronous not in SYNCHRONOUS_LEVELS:
         raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
+    if not path.exists():
+        _create_file(path, build_index)
     _check_header(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -24,6 +24,7 @@ fails, every request of the batch fails with that error.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,7 @@ from syncd.replica.store import Store
 
 T = TypeVar("T")
 MAX_BATCH = 512
+log = logging.getLogger("syncd.replica")
 
 
 class Sink(Protocol):
@@ -117,6 +119,9 @@ class Writer:
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
+        self._last_failure = ""
+        self._last_failure_logged = 0.0
+        self._failures_unlogged = 0
         self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
         self._thread.start()
 
@@ -244,8 +249,9 @@ class Writer:
         try:
             changes = store.commit()
         except BaseException as exc:
-            failed = outcome.Error(exc)
-            reports.append(([(req, failed) for req in batch], []))
+            self._commit_failed(exc)
+            # One outcome each: an outcome can be unwrapped only once.
+            reports.append(([(req, outcome.Error(exc)) for req in batch], []))
             changes = None
         stats = self.stats
         if timed:
@@ -255,6 +261,19 @@ class Writer:
             stats.requests += len(batch)
             reports.append((done, changes))
         return []
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        """Log a failed commit (a full disk, an I/O error): at once the first time and when
+        the error changes, then at most once a minute while it repeats."""
+        now = time.monotonic()
+        text = str(exc)
+        if text != self._last_failure or now - self._last_failure_logged >= 60:
+            repeated, self._failures_unlogged = self._failures_unlogged, 0
+            extra = f" ({repeated} more failed commits since the last message)" if repeated else ""
+            log.warning("a commit failed, its writes were refused: %s%s", text, extra)
+            self._last_failure, self._last_failure_logged = text, now
+        else:
+            self._failures_unlogged += 1
 
     def _report(self, reports: list[Report]) -> None:
         for done, changes in reports:

@@ -1,0 +1,97 @@
+"""The daemon's dealings with the OS around it: the API socket's file and sd_notify."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from syncd.daemon.notify import MIN_WATCHDOG_INTERVAL_S, Notifier
+from syncd.daemon.unixsock import SocketInUseError, bind_unix
+
+
+def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "syncd.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # nobody accepts connections on it any more
+    sock = bind_unix(path)
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))
+        client.close()
+    finally:
+        sock.close()
+
+
+def test_a_live_socket_is_not_taken_over(tmp_path: Path) -> None:
+    # Another daemon (say, of another state directory sharing the runtime directory) serves it.
+    path = tmp_path / "syncd.sock"
+    other = bind_unix(path)
+    try:
+        inode = path.stat().st_ino
+        with pytest.raises(SocketInUseError, match="another server"):
+            bind_unix(path)
+        assert path.stat().st_ino == inode
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))  # still the other server's
+        client.close()
+    finally:
+        other.close()
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "syncd.sock"
+    path.write_text("someone's notes")
+    with pytest.raises(SocketInUseError, match="not a socket"):
+        bind_unix(path)
+    assert path.read_text() == "someone's notes"
+
+
+def test_a_notify_socket_nobody_reads_never_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    try:
+        # Far more datagrams than the receiver's queue holds (max_dgram_qlen is ~10): a
+        # blocking send would hang here, stalling the daemon's event loop.
+        def flood() -> None:
+            for i in range(500):
+                notifier.status(f"{i}")
+
+        sender = threading.Thread(target=flood)
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive()
+        assert receiver.recv(100) == b"STATUS=0"  # what fitted was delivered
+    finally:
+        notifier.close()
+        receiver.close()
+
+
+def test_watchdog_pings_are_spaced_whatever_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    # WATCHDOG_USEC=1 asks for a ping every half microsecond: a loop that would spin.
+    notifier = Notifier({"NOTIFY_SOCKET": "@unused", "WATCHDOG_USEC": "1"})
+    pings: list[float] = []
+
+    def send(**fields: str) -> None:
+        assert fields == {"watchdog": "1"}
+        pings.append(trio.current_time())
+        if len(pings) > 1000:
+            raise RuntimeError("the watchdog spins")
+
+    monkeypatch.setattr(notifier, "send", send)
+
+    async def one_virtual_second() -> None:
+        with trio.move_on_after(1):
+            await notifier.watchdog()
+
+    trio.run(one_virtual_second, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert 2 <= len(pings) <= 1 / MIN_WATCHDOG_INTERVAL_S + 1
+    assert min(b - a for a, b in itertools.pairwise(pings)) >= MIN_WATCHDOG_INTERVAL_S * 0.99
