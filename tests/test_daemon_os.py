@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from syncd.daemon.logs import stderr_is_journal
 from syncd.daemon.notify import MIN_WATCHDOG_INTERVAL_S, Notifier
 from syncd.daemon.unixsock import SocketInUseError, bind_unix
 
@@ -95,3 +98,11 @@ def test_watchdog_pings_are_spaced_whatever_the_interval(monkeypatch: pytest.Mon
     trio.run(one_virtual_second, clock=trio.testing.MockClock(autojump_threshold=0))
     assert 2 <= len(pings) <= 1 / MIN_WATCHDOG_INTERVAL_S + 1
     assert min(b - a for a, b in itertools.pairwise(pings)) >= MIN_WATCHDOG_INTERVAL_S * 0.99
+
+
+def test_journal_stream_must_name_stderr() -> None:
+    st = os.fstat(sys.stderr.fileno())
+    assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+    assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})
+    assert not stderr_is_journal({})

@@ -40,9 +40,12 @@ def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         dev, ino = (int(x) for x in value.split(":"))
+    except ValueError:
+        return False  # not what systemd sets: no journal behind it
+    try:
         st = os.fstat(sys.stderr.fileno())
     except (ValueError, OSError):
-        return True  # set but unverifiable: trust it
+        return True  # stderr cannot be checked (closed, replaced): trust the variable
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
