@@ -198,10 +198,10 @@ async def run_daemon(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         lock = InstanceLock(paths.lock_file)
         try:
-            make_private_dir(paths.state_dir)
-            lock.acquire()
             if paths.config_file.exists():
                 load_config(paths.config_file)  # a bad file stops us before anything is created
+            make_private_dir(paths.state_dir)
+            lock.acquire()
             identity, created = prepare_home(paths)
             if created:
                 log.info("created identity %s in %s", identity.device_id, paths.state_dir)
