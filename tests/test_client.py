@@ -99,7 +99,7 @@ class ThreadDaemon:
         self.listener = bind_unix(path)
         self.script = script
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -323,8 +323,9 @@ def hammer(path: Path, other_device: str, threads: int = 8, rounds: int = 40) ->
             except BaseException as exc:
                 failures.append(exc)
 
-        pool = [threading.Thread(target=watcher)]
-        pool += [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        # daemon threads: a regression that hangs them must not hang the test run's exit
+        pool = [threading.Thread(target=watcher, daemon=True)]
+        pool += [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
         for thread in pool:
             thread.start()
         deadline = time.monotonic() + HANG_GUARD_S
