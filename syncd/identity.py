@@ -190,7 +190,7 @@ def make_certificate(
     return builder.sign(key, algorithm=None)
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+def write_file_durably(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` atomically with ``mode``, durably (fsync file and directory)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
@@ -256,8 +256,8 @@ def create_identity(state_dir: Path) -> Identity:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_file(key_path, key_pem, 0o600)
+    write_file_durably(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file_durably(key_path, key_pem, 0o600)
     return Identity(device_id_from_public_key(key.public_key()), key, cert, key_path, cert_path)
 
 
@@ -297,7 +297,7 @@ def load_identity(state_dir: Path) -> Identity:
         raise IdentityError(f"{cert_path} is not a valid certificate: {exc}") from None
     if cert is None or device_id_from_certificate(cert) != device_id:
         cert = make_certificate(key)
-        _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file_durably(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return Identity(device_id, key, cert, key_path, cert_path)
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from syncd import jsontext
 from syncd.config import check_device_name, parse_listen
 from syncd.daemon.rpc import RpcError, invalid_params
 from syncd.identity import InvalidDeviceId, parse_device_id
 
 MAX_NAME_BYTES = 1024  # UTF-8 bytes in a namespace name or key
-_TEXT_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
 class Params:
@@ -166,15 +165,11 @@ def _check_unicode(value: Any, name: str) -> None:
     They are valid JSON escapes but not Unicode text; caught here, before the write reaches the
     store, they are a -32602 of this request alone.
     """
-    try:
-        _TEXT_ENCODER.encode(value).encode("utf-8")
-    except UnicodeEncodeError:
+    if jsontext.has_lone_surrogate(value):
         raise invalid_params(
             f"param {name!r} contains a string that is not valid Unicode (a lone surrogate)",
             param=name,
-        ) from None
-    except (TypeError, ValueError, RecursionError):
-        pass  # not our concern here; the method's own checks report it
+        )
 
 
 def _device(value: str, name: str) -> str:

@@ -44,6 +44,7 @@ from syncd.identity import (
     SharedDirectoryError,
     ensure_private_dir,
     load_or_create_identity,
+    write_file_durably,
 )
 from syncd.paths import Paths
 
@@ -136,18 +137,8 @@ def write_initial_config(paths: Paths, name: str, listen: str) -> bool:
     if paths.config_file.exists():
         return False
     make_private_dir(paths.config_dir)
-    tmp = paths.config_file.with_name(paths.config_file.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(initial_config_text(name, listen))
-            f.flush()
-            os.fsync(f.fileno())  # `syncd init --name X` survives a power cut
-        os.replace(tmp, paths.config_file)
-        fd = os.open(paths.config_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    try:  # durably: `syncd init --name X` survives a power cut
+        write_file_durably(paths.config_file, initial_config_text(name, listen).encode(), 0o644)
     except OSError as exc:
         raise DaemonError(f"cannot write {paths.config_file}: {exc.strerror}") from None
     return True

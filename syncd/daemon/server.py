@@ -323,11 +323,9 @@ class Connection:
             await self._finish(seq, None, [], release=False)
         data = None
         try:
-            try:
-                data = await self._run_messages(messages, is_batch)
-            finally:
-                self.server.line_done()
+            data = await self._run_messages(messages, is_batch)
         finally:
+            self.server.line_done()
             if ordered:
                 await self._finish(seq, data, announcements)
             else:
