@@ -432,3 +432,12 @@ def test_empty_home_is_an_error_but_empty_env_is_unset(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     fails(run("id"), 1, f"no identity in {tmp_path / 'state' / 'syncd'}")
+
+
+def test_log_level_ignores_case_and_refuses_unknown_levels() -> None:
+    from syncd.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--log-level", "WARNING"]).log_level == "warning"
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["run", "--log-level", "loud"])
+    assert info.value.code == 2
