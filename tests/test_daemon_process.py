@@ -34,6 +34,8 @@ def test_ready_status_and_sigterm(home: Path) -> None:
         assert stat.S_IMODE(d.socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(home.stat().st_mode) == 0o700
         assert d.call("status")["device_id"][:7] in ready["STATUS"]
+        assert f"socket {d.socket}" in ready["STATUS"]
+        assert "connection" not in ready["STATUS"]  # no count that goes stale at once
         assert d.stop() == 0
         assert d.notify.wait_for("STOPPING", "1")
         assert not d.socket.exists()

@@ -169,11 +169,10 @@ async def probe_socket(path: Path) -> dict[str, object]:
     return result
 
 
-def _summary(identity: Identity, server: ApiServer, state: str = "ready") -> str:
-    return (
-        f"{state}; device {identity.device_id[:7]}; "
-        f"{len(server.connections)} API connection(s); 0 peers connected"
-    )
+def _summary(identity: Identity, socket_path: Path, state: str = "ready") -> str:
+    """The one-line ``STATUS=`` (what ``systemctl status`` shows): it is sent at READY and on
+    reload, so it holds nothing that changes in between (no connection counts)."""
+    return f"{state}; device {identity.device_id[:7]}; socket {socket_path}; 0 peers connected"
 
 
 async def run_daemon(
@@ -253,12 +252,12 @@ async def _serve(
                     identity.device_id,
                     socket_path,
                 )
-                notifier.ready(_summary(identity, server))
+                notifier.ready(_summary(identity, socket_path))
                 nursery.start_soon(notifier.watchdog)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         _reload(paths, settings)
-                        notifier.status(_summary(identity, server))
+                        notifier.status(_summary(identity, socket_path))
                         continue
                     log.info("%s received; stopping", signal.Signals(signum).name)
                     break
