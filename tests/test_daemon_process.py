@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,37 @@ def test_terminal_logging_has_timestamps_and_log_level(home: Path) -> None:
     last = d.stderr().splitlines()[-1]
     assert last[:4].isdigit()
     assert " INFO syncd.daemon: stopped" in last
+
+
+def test_debug_logging_shows_connections_and_requests(home: Path) -> None:
+    with daemon_process(home, "--log-level", "debug") as d:
+        c = RawConn(d.socket)
+        try:
+            c.result("put", ns="n", key="k", value={"a": 1})
+            assert c.call("get", ns="n", key="k", conflicts="yes")["error"]["code"] == -32602
+            c.send(b"{not json}\n")
+            assert c.recv()["error"]["code"] == -32700
+        finally:
+            c.close()
+        assert d.stop() == 0
+    err = d.stderr()
+    assert f"opened {home / 'syncd.db'}" in err
+    assert re.search(r"DEBUG syncd\.api: client pid \d+ connected", err), err
+    assert re.search(r"client pid \d+: put id=1: ok in [0-9.]+ ms", err), err
+    assert re.search(r"client pid \d+: get id=2: error -32602 invalid_params in [0-9.]+ ms", err), (
+        err
+    )
+    assert "invalid request: " in err
+    assert re.search(r"client pid \d+ disconnected", err), err
+    # ...and none of it at the default level.
+    with daemon_process(home) as d:
+        c = RawConn(d.socket)
+        c.result("status")
+        c.close()
+        assert d.stop() == 0
+    later = d.stderr()[len(err) :]  # the log file of a home is appended to
+    assert "ready" in later
+    assert "DEBUG" not in later
 
 
 def test_hostile_clients_leave_the_daemon_serving(home: Path) -> None:

@@ -7,6 +7,7 @@ acknowledged by the replica only after their group commit (``synchronous=FULL``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -97,6 +98,8 @@ class ReplicaStore:
         return self.replica.add_change_listener(forward)
 
 
+log = logging.getLogger("syncd.store")
+
 DAEMON_CACHE_ITEMS = 16384
 """Documents the daemon keeps decoded (the replica's default is 4096). A miss costs a SELECT
 and a decode (~40 µs for a small document), paid again by every write to a working set
@@ -108,4 +111,5 @@ larger than the cache. A small document takes ~3 KB decoded, so this bounds the 
 async def open_store(paths: Paths, identity: Identity) -> AsyncIterator[Store]:
     """Open the instance's SQLite replica for the daemon's lifetime."""
     async with open_replica(paths.database, cache_items=DAEMON_CACHE_ITEMS) as replica:
+        log.debug("opened %s; this run writes as replica %s", paths.database, replica.replica_id)
         yield ReplicaStore(replica)

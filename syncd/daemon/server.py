@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import socket
@@ -106,8 +107,12 @@ def _change_params(sub: Subscription, change: Change, initial: bool = False) -> 
 class Connection:
     """One client connection; it is the :class:`Session` its requests run in."""
 
-    def __init__(self, server: ApiServer, stream: trio.SocketStream, limits: ApiConfig) -> None:
+    def __init__(
+        self, server: ApiServer, stream: trio.SocketStream, limits: ApiConfig, name: str = "client"
+    ) -> None:
         self.server = server
+        self.name = name
+        """How the log names the connection (``client pid N``)."""
         self.stream = stream
         self.limits = limits
         self.subs: dict[int, Subscription] = {}
@@ -334,16 +339,31 @@ class Connection:
     async def _run_messages(self, messages: list[Message], is_batch: bool) -> bytes | None:
         """Run a line's requests; its response line (None when nothing is answered)."""
         responses: list[dict[str, Any]] = []
+        debug = log.isEnabledFor(logging.DEBUG)
         for msg in messages:
             if isinstance(msg, Invalid):
+                if debug:
+                    log.debug("%s: invalid request: %s", self.name, msg.error)
                 if not msg.silent:
                     responses.append(error_object(msg.id, msg.error))
                 continue
+            started = trio.current_time() if debug else 0.0
+            outcome = "ok"
             try:
                 result = await self.server.service.call(self, msg.method, msg.params)
                 response = result_object(msg.id, result)
             except RpcError as exc:
                 response = error_object(msg.id, exc)
+                outcome = f"error {exc.code}" + (f" {exc.reason}" if exc.reason else "")
+            if debug:
+                log.debug(
+                    "%s: %s id=%.40s: %s in %.3f ms",
+                    self.name,
+                    msg.method,
+                    "-" if msg.is_notification else json.dumps(msg.id),
+                    outcome,
+                    (trio.current_time() - started) * 1e3,
+                )
             if not msg.is_notification:
                 responses.append(response)
         if not responses:
@@ -512,12 +532,14 @@ class ApiServer:
         if self._stopping:
             await stream.aclose()
             return
-        conn = Connection(self, stream, limits)
+        conn = Connection(self, stream, limits, f"client pid {pid}")
         self.connections.add(conn)
+        log.debug("%s connected (%d connections)", conn.name, len(self.connections))
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            log.debug("%s disconnected", conn.name)
 
     async def _refuse(self, stream: trio.SocketStream, refusal: bytes) -> None:
         """Send one error line, then close without resetting: the client gets to read it."""
