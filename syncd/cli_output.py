@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -54,6 +55,21 @@ def print_json(obj: Any) -> None:
     write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
+def shown(name: str) -> str:
+    """A key or namespace name for human output, one line and unambiguous: as it is, unless
+    it holds a control or line-separator character or starts with ``"``; then as a JSON string
+    (so a name shown quoted always starts with ``"``, and ``--json`` output is exact anyway)."""
+    if name.startswith('"') or any(unicodedata.category(c) in _UNSHOWN for c in name):
+        quoted = json.dumps(name, ensure_ascii=False)  # escapes C0 controls, not DEL, C1, U+2028
+        return "".join(
+            f"\\u{ord(c):04x}" if unicodedata.category(c) in _UNSHOWN else c for c in quoted
+        )
+    return name
+
+
+_UNSHOWN = frozenset({"Cc", "Zl", "Zp"})
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -76,7 +92,7 @@ def _status(r: dict[str, Any]) -> str:
             f"version:     {r['version']}",
             f"listen:      {r['listen']}",
             f"peers:       {r['peers_connected']} connected",
-            f"namespaces:  {', '.join(ns) if ns else '(none)'}",
+            f"namespaces:  {', '.join(map(shown, ns)) if ns else '(none)'}",
         ]
     )
 
@@ -114,7 +130,7 @@ def _namespaces(r: dict[str, Any]) -> str:
     items = r.get("namespaces") or []
     if not items:
         return "no namespaces"
-    rows = [[n["ns"], str(n["documents"]), ", ".join(n["devices"]) or "-"] for n in items]
+    rows = [[shown(n["ns"]), str(n["documents"]), ", ".join(n["devices"]) or "-"] for n in items]
     return _table(rows, ["NAMESPACE", "DOCUMENTS", "SHARED WITH"])
 
 
@@ -167,7 +183,7 @@ def _human(cmd: str, args: argparse.Namespace, r: Any) -> str:
     if cmd == "ns":
         return _namespaces(r)
     if cmd == "ls":
-        return "\n".join(r["keys"])
+        return "\n".join(map(shown, r["keys"]))
     if cmd == "sync":
         acked = r.get("acked_by") or []
         if not acked:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,23 @@ def test_status(run: Run, daemon: DaemonProcess) -> None:
     assert "version:     0.1.0" in out
     js = json.loads(ok(run("--home", home, "--json", "status")))
     assert set(js) == {"device_id", "name", "version", "listen", "peers_connected", "namespaces"}
+
+
+def test_human_listing_shows_odd_names_on_one_line_each(run: Run, daemon: DaemonProcess) -> None:
+    h = ("--home", str(daemon.home))
+    odd = ["a\nb", '"q"', "tab\there", "line\u2028sep", "del\x7f\x85", "plain é"]
+    for key in odd:
+        ok(run(*h, "put", "odd\nns", key, "{}"))
+    lines = ok(run(*h, "ls", "odd\nns")).splitlines()
+    # One line per key, and a quoted line is the key's JSON string.
+    assert len(lines) == len(odd)
+    shown = {json.loads(line) if line.startswith('"') else line for line in lines}
+    assert shown == set(odd)
+    assert not [c for line in lines for c in line if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    assert "plain é" in lines  # ordinary names are shown as they are
+    assert json.loads(ok(run(*h, "--json", "ls", "odd\nns")))["keys"] == sorted(odd)
+    ns_lines = ok(run(*h, "ns")).splitlines()
+    assert any(line.startswith('"odd\\nns"') for line in ns_lines), ns_lines
 
 
 def test_documents(run: Run, daemon: DaemonProcess) -> None:
