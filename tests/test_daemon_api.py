@@ -570,6 +570,31 @@ async def test_pipelined_responses_come_back_in_request_order(conn: Line) -> Non
     assert got == ids
 
 
+async def test_pipelined_trust_requests_take_effect_in_the_order_sent(conn: Line) -> None:
+    # Sent in one go, without waiting: each request must see the ones before it.
+    lines = [
+        request_line("trust", {"device_id": OTHER, "name": "first"}, 1),
+        request_line("share", {"ns": "p", "devices": [OTHER]}, 2),
+        request_line("trust", {"device_id": OTHER, "addresses": ["10.0.0.9:1"]}, 3),
+        request_line("trust", {"device_id": OTHER, "name": "third"}, 4),
+        request_line("peers", {}, 5),
+        request_line("untrust", {"device_id": OTHER}, 6),
+        request_line("trust", {"device_id": THIRD, "name": "t"}, 7),
+        request_line("untrust", {"device_id": THIRD}, 8),
+        request_line("peers", {}, 9),
+    ]
+    await conn.send_raw(b"".join(lines))
+    got = {}
+    for _ in lines:
+        msg = await conn.recv()
+        got[msg["id"]] = msg
+    for rid in (1, 2, 3, 4, 6, 7, 8):
+        assert result(got[rid]) == {"ok": True}, got[rid]
+    [peer] = result(got[5])["peers"]
+    assert (peer["name"], peer["addresses"]) == ("third", ["10.0.0.9:1"])
+    assert result(got[9])["peers"] == []
+
+
 class WaitingNetwork(NoNetwork):
     """OTHER is connected and acknowledges only when the test says so."""
 

@@ -211,14 +211,10 @@ async def _trust(svc: Service, session: Session, p: Params) -> Any:
     p.done()
     if device_id == svc.device_id:
         raise invalid_params("cannot trust this device itself", param="device_id")
-    # Trusting again updates what is given and keeps the rest (a new name keeps the addresses).
-    known = next((d for d in await svc.store.devices() if d.device_id == device_id), None)
-    if known is not None:
-        if name is None:
-            name = known.name
-        if not p.has("addresses"):
-            addresses = list(known.addresses)
-    await _write(lambda: svc.store.trust(device_id, name, addresses))
+    # Trusting again updates what is given and keeps the rest (a new name keeps the
+    # addresses), inside the store's write: no read first that a later request could overtake.
+    kept = addresses if p.has("addresses") else None
+    await _write(lambda: svc.store.trust(device_id, name, kept))
     return {"ok": True}
 
 

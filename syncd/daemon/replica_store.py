@@ -68,8 +68,10 @@ class ReplicaStore:
             for d in await self.replica.devices()
         ]
 
-    async def trust(self, device_id: str, name: str | None, addresses: Sequence[str]) -> None:
-        """Trust a device."""
+    async def trust(
+        self, device_id: str, name: str | None, addresses: Sequence[str] | None
+    ) -> None:
+        """Trust a device, or update it (None keeps its name or addresses)."""
         await self.replica.trust(device_id, name, addresses)
 
     async def untrust(self, device_id: str) -> bool:

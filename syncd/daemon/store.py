@@ -92,8 +92,11 @@ class Store(Protocol):
         """The trusted devices, sorted by ID."""
         ...
 
-    async def trust(self, device_id: str, name: str | None, addresses: Sequence[str]) -> None:
-        """Trust a device (or update its name/addresses). ``device_id`` is canonical."""
+    async def trust(
+        self, device_id: str, name: str | None, addresses: Sequence[str] | None
+    ) -> None:
+        """Trust a device, or update it: a ``name`` or ``addresses`` of None keeps the
+        device's own (none for a new one), in the same write. ``device_id`` is canonical."""
         ...
 
     async def untrust(self, device_id: str) -> bool:

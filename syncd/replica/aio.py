@@ -383,10 +383,10 @@ class AsyncReplica:
         return await self.read(lambda s: s.devices())
 
     async def trust(
-        self, device_id: str, name: str | None = None, addresses: Iterable[str] = ()
+        self, device_id: str, name: str | None = None, addresses: Iterable[str] | None = None
     ) -> None:
-        """Trust a device (or update its name and addresses)."""
-        addrs = list(addresses)
+        """Trust a device, or update it (None keeps the name or addresses it has)."""
+        addrs = None if addresses is None else list(addresses)
         await self.call(lambda s: s.trust(device_id, name, addrs))
 
     async def untrust(self, device_id: str) -> bool:

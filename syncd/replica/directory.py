@@ -14,14 +14,21 @@ from syncd.replica.model import Device
 
 
 def trust(
-    conn: sqlite3.Connection, device_id: str, name: str | None, addresses: Iterable[str]
+    conn: sqlite3.Connection,
+    device_id: str,
+    name: str | None,
+    addresses: Iterable[str] | None,
 ) -> None:
-    """Add a trusted device, or update its name and addresses (``last_seen`` is kept)."""
+    """Add a trusted device, or update it: a ``name`` or ``addresses`` of None keeps what the
+    device has (none for a new one); ``last_seen`` is kept. One statement, so a trust never
+    races another write to the same device."""
+    addrs = None if addresses is None else json.dumps(list(addresses))
     conn.execute(
-        "INSERT INTO devices (device_id, name, addresses, last_seen) VALUES (?, ?, ?, NULL) "
-        "ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, "
-        "addresses = excluded.addresses",
-        (device_id, name, json.dumps(list(addresses))),
+        "INSERT INTO devices (device_id, name, addresses, last_seen) "
+        "VALUES (?1, ?2, coalesce(?3, '[]'), NULL) "
+        "ON CONFLICT (device_id) DO UPDATE SET name = coalesce(?2, devices.name), "
+        "addresses = coalesce(?3, devices.addresses)",
+        (device_id, name, addrs),
     )
 
 

@@ -257,9 +257,12 @@ class Store(StoreCore):
 
     # -- devices, shares, peers ----------------------------------------------------------------
 
-    def trust(self, device_id: str, name: str | None = None, addresses: Iterable[str] = ()) -> None:
-        """Trust a device (or update its name and addresses)."""
-        addrs = list(addresses)
+    def trust(
+        self, device_id: str, name: str | None = None, addresses: Iterable[str] | None = None
+    ) -> None:
+        """Trust a device, or update it: ``name`` or ``addresses`` left None keep their value
+        (none for a new device)."""
+        addrs = None if addresses is None else list(addresses)
         self._auto(lambda: directory.trust(self._tx(), device_id, name, addrs))
 
     def untrust(self, device_id: str) -> bool:
