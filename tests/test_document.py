@@ -62,6 +62,23 @@ def test_put_that_changes_nothing_has_an_empty_delta() -> None:
     assert not delta.ctx and delta.is_bottom()
 
 
+def test_a_register_made_to_hold_an_object_stays_a_register_through_put() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "make", "path": ["x"], "type": "register", "value": {"a": 1}})
+    same = doc.put(doc.render() or {}, c)  # a get-then-put round trip
+    assert same.is_bottom() and not same.ctx
+    doc.put({"x": {"a": 2}}, c)  # overwritten as a whole, still a register
+    assert doc.render() == {"x": {"a": 2}}
+    with pytest.raises(PatchError) as err:
+        patch(doc, c, {"op": "set", "path": ["x", "a"], "value": 5})
+    assert err.value.reason == "type_mismatch"
+    # A register holding a scalar does not fit an object: it becomes a map.
+    doc.put({"y": 1}, c)
+    doc.put({"y": {"b": 1}}, c)
+    patch(doc, c, {"op": "set", "path": ["y", "b"], "value": 2})
+    assert doc.render() == {"y": {"b": 2}}
+
+
 def test_put_on_text_field_is_a_character_edit() -> None:
     doc, c = fresh("r1")
     patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "x" * 100_000})

@@ -252,7 +252,11 @@ class Change:
             by = value - sum(st.values())
             if by:
                 self._inc(path, by)
-        elif tag == REGISTER and not isinstance(value, dict):
+        elif tag == REGISTER and (
+            not isinstance(value, dict) or any(type(v) is dict for v in st.values())
+        ):
+            # An object fits a register only if it was made to hold one (`make register`):
+            # a get-then-put round trip must leave such a register as it is.
             self._remove_field(mp, name, keep=tag)
             self._write_register(mp, name, st, value)
         else:
