@@ -13,7 +13,7 @@ done
 cp "$tmp/syncd@.service" "$tmp/syncd@daemon.service"
 echo "== verify"
 systemd-analyze verify "$tmp/syncd.service" "$tmp/syncd@daemon.service"
-echo "== security (system template, instance nobody)"
+echo "== security (system template, instance daemon)"
 systemd-analyze security --offline=true --no-pager "$tmp/syncd@daemon.service" | tail -n 1
 echo "== security (user unit, checked as a system unit)"
 systemd-analyze security --offline=true --no-pager "$tmp/syncd.service" | tail -n 1

@@ -14,11 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
@@ -180,13 +180,25 @@ class NotifyReceiver:
 class DaemonProcess:
     """``python -m syncd --home HOME run`` with a fake NOTIFY_SOCKET."""
 
-    def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+        home_option: bool = True,
+    ) -> None:
         self.home = home
+        self.prefix = list(prefix)
+        """Put before the command (e.g. ``setpriv ... --``)."""
+        self.home_option = home_option
+        """Whether to pass ``--home`` (False: the paths come from the environment)."""
         self.socket = home / "syncd.sock"
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: NotifyReceiver | None = None
         self.stderr_path = home.parent / f"{home.name}.stderr"
+        self.stderr_file: BinaryIO | None = None
 
     def env(self) -> dict[str, str]:
         """The daemon's environment."""
@@ -197,13 +209,26 @@ class DaemonProcess:
         return env
 
     def start(self, *args: str, wait_ready: bool = True) -> None:
-        """Start the daemon and (by default) wait for READY=1."""
+        """Start the daemon and (by default) wait for READY=1 (again after a stop)."""
+        if self.notify is not None:
+            self.notify.close()
+        if self.stderr_file is not None:
+            self.stderr_file.close()
+            self.stderr_file = None
         self.notify = NotifyReceiver()
         env = self.env()
         env["NOTIFY_SOCKET"] = self.notify.name
         self.stderr_file = open(self.stderr_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "--home", str(self.home), "run", *args],
+            [
+                *self.prefix,
+                sys.executable,
+                "-m",
+                "syncd",
+                *(["--home", str(self.home)] if self.home_option else []),
+                "run",
+                *args,
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -255,8 +280,9 @@ class DaemonProcess:
         self.kill()
         if self.notify is not None:
             self.notify.close()
-        if getattr(self, "stderr_file", None) is not None:
+        if self.stderr_file is not None:
             self.stderr_file.close()
+            self.stderr_file = None
 
     def call(self, method: str, **params: Any) -> Any:
         """One request with the blocking client; returns the result."""

@@ -285,6 +285,45 @@ NOBODY_CLIENT = textwrap.dedent(
 )
 
 
+@pytest.mark.root
+def test_system_unit_layout_reads_an_admins_config_directory_it_cannot_write(
+    tmp_path: Path,
+) -> None:
+    # As under syncd@.service: state and runtime directories of the service's own, the
+    # configuration directory someone else's (root's there), readable, not writable.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.getuid() != 0:
+        pytest.skip("needs root and setpriv to run the daemon without capabilities")
+    state, run, conf = tmp_path / "state", tmp_path / "run", tmp_path / "conf"
+    for directory in (state, run, conf):
+        directory.mkdir(mode=0o700)
+    conf.chmod(0o755)
+    os.chown(conf, pwd.getpwnam("nobody").pw_uid, -1)
+    env = {
+        "STATE_DIRECTORY": str(state),
+        "RUNTIME_DIRECTORY": str(run),
+        "CONFIGURATION_DIRECTORY": str(conf),
+    }
+    no_caps = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
+    d = DaemonProcess(state, env, prefix=no_caps, home_option=False)
+    d.socket = run / "syncd.sock"
+    try:
+        d.start()  # no config.toml yet, and none can be written: the defaults
+        assert d.call("status")["listen"] == "0.0.0.0:7400"
+        assert d.stop() == 0
+        assert f"cannot write {conf / 'config.toml'}: Permission denied; running with " in (
+            d.stderr()
+        )
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o755  # left as the admin made it
+        (conf / "config.toml").write_text('name = "set-by-admin"\n')
+        (conf / "config.toml").chmod(0o644)
+        d.start()
+        assert d.call("status")["name"] == "set-by-admin"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def _as_nobody(path: Path) -> str:
     setpriv = shutil.which("setpriv")
     if setpriv is None or os.getuid() != 0:

@@ -136,7 +136,10 @@ def write_initial_config(paths: Paths, name: str, listen: str) -> bool:
     """
     if paths.config_file.exists():
         return False
-    make_private_dir(paths.config_dir)
+    if not paths.config_dir.is_dir():
+        make_private_dir(paths.config_dir)
+    # An existing config directory is left as it is: it may be the admin's, readable but not
+    # writable for us (/etc/syncd/USER under the system unit).
     try:  # durably: `syncd init --name X` survives a power cut
         write_file_durably(paths.config_file, initial_config_text(name, listen).encode(), 0o644)
     except OSError as exc:
@@ -198,7 +201,7 @@ async def run_daemon(
                 try:
                     write_initial_config(paths, default_name(), "0.0.0.0:7400")
                 except DaemonError as exc:
-                    log.info("%s; using defaults", exc)
+                    log.info("%s; running with the default settings", exc)
             config = load_config(paths.config_file)
             settings = Settings(config, log_level)
             set_level(settings.log_level)
