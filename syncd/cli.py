@@ -308,6 +308,9 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd run``."""
+    from syncd.daemon.held_signals import hold_signals
+
+    hold_signals()  # before the slow imports: a SIGTERM now stops the daemon once it is up
     import trio
 
     from syncd.daemon.logs import setup_logging
@@ -488,8 +491,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(exc: Exception, status: int) -> int:
+    from syncd.daemon.logs import stderr_is_journal
+
     message = " ".join(str(exc).split())
-    sys.stderr.write(f"syncd: {message}\n")
+    # Under systemd the line is the unit's reason for failing: logged as an error (<3>).
+    sys.stderr.write(f"{'<3>' if stderr_is_journal() else ''}syncd: {message}\n")
     return status
 
 

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from syncd.client import Client
+from syncd.daemon.held_signals import HELD, hold_signals, take_held_signals
 from tests.daemon_harness import DaemonProcess, RawConn, daemon_process, put_lines
 
 
@@ -41,6 +43,63 @@ def test_ready_status_and_sigterm(home: Path) -> None:
         assert d.notify.wait_for("STOPPING", "1")
         assert not d.socket.exists()
         assert "stopped" in d.stderr()
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_signals_held_before_the_daemon_listens_are_recorded_in_order() -> None:
+    saved = {signum: signal.getsignal(signum) for signum in HELD}
+    try:
+        hold_signals()
+        os.kill(os.getpid(), signal.SIGHUP)  # would end the process without the hold
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert take_held_signals() == [signal.SIGHUP, signal.SIGTERM]
+        assert take_held_signals() == []
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_stop_and_reload_signals_during_start_up_are_acted_on_once_ready(home: Path) -> None:
+    d = DaemonProcess(home)
+    try:
+        d.start(wait_ready=False)
+        assert d.proc is not None
+        deadline = time.monotonic() + 30
+        while not _catches(d.proc.pid, signal.SIGTERM):  # `syncd run` took over the signals
+            assert d.proc.poll() is None and time.monotonic() < deadline, d.stderr()
+            time.sleep(0.001)
+        d.signal(signal.SIGHUP)
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        log = d.stderr()
+        assert "ready" in log and "SIGTERM received; stopping" in log, log
+        assert log.index("config reloaded") < log.index("SIGTERM received")
+    finally:
+        d.close()
+
+
+def test_a_second_sigterm_during_shutdown_still_exits_0(home: Path) -> None:
+    for _ in range(3):
+        d = DaemonProcess(home)
+        try:
+            d.start()
+            assert d.proc is not None
+            seen = d.stderr().count("SIGTERM received")
+            d.signal(signal.SIGTERM)
+            while d.stderr().count("SIGTERM received") == seen and d.proc.poll() is None:
+                time.sleep(0.0005)  # the first one is being acted on: shutdown has begun
+            d.signal(signal.SIGTERM)
+            assert d.wait() == 0, d.stderr()
+            assert not d.socket.exists()
+        finally:
+            d.close()
 
 
 def test_sigint_is_a_clean_stop_too(home: Path) -> None:
@@ -139,6 +198,12 @@ def test_journal_logging_has_priorities_and_no_timestamps(home: Path, tmp_path: 
         assert all(line.startswith(("<6>", "<7>", "<4>", "<3>")) for line in lines), lines
         assert any(line.startswith("<6>syncd.daemon: ") for line in lines)
         assert not any(line[3:7].isdigit() for line in lines)  # no "2025-..." timestamps
+        # A start-up failure is the unit's reason for failing: an error, not info.
+        (home / "config.toml").write_text("nmae = 1\n")
+        d.start(wait_ready=False)
+        assert d.wait() == 1
+        assert d.stderr().splitlines()[-1].startswith("<3>syncd: "), d.stderr()
+        assert "unknown key `nmae`" in d.stderr().splitlines()[-1]
     finally:
         d.close()
 

@@ -30,6 +30,7 @@ from syncd.config import (
     initial_config_text,
     load_config,
 )
+from syncd.daemon.held_signals import take_held_signals
 from syncd.daemon.logs import set_level
 from syncd.daemon.methods import Service
 from syncd.daemon.notify import Notifier
@@ -178,6 +179,13 @@ def _summary(identity: Identity, socket_path: Path, state: str = "ready") -> str
     return f"{state}; device {identity.device_id[:7]}; socket {socket_path}; 0 peers connected"
 
 
+async def _signals(held: list[int], receiver: AsyncIterator[int]) -> AsyncIterator[int]:
+    for signum in held:
+        yield signum
+    async for signum in receiver:
+        yield signum
+
+
 async def run_daemon(
     paths: Paths,
     *,
@@ -257,7 +265,7 @@ async def _serve(
                 )
                 notifier.ready(_summary(identity, socket_path))
                 nursery.start_soon(notifier.watchdog)
-                async for signum in signals:
+                async for signum in _signals(take_held_signals(), signals):
                     if signum == signal.SIGHUP:
                         _reload(paths, settings)
                         notifier.status(_summary(identity, socket_path))
