@@ -26,9 +26,8 @@ from syncd.config import (
     load_config,
     parse_listen,
 )
-from syncd.crdt.ops import check_value, parse_ops
+from syncd.deviceid import InvalidDeviceId, parse_device_id
 from syncd.errors import InvalidOperation, PatchError, SyncdError
-from syncd.identity import InvalidDeviceId, identity_exists, load_identity, parse_device_id
 from syncd.paths import Paths, resolve_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
@@ -188,6 +187,8 @@ def _document_arg(text: str) -> dict[str, Any]:
     """``put``'s JSON: an object a document can hold (checked as the daemon checks it)."""
     value: dict[str, Any]
     value, where = _json_arg(text, "the document", dict)
+    from syncd.crdt.ops import check_value  # here: the CRDT engine takes a while to import
+
     try:
         check_value(value, where)
     except (InvalidOperation, PatchError) as exc:
@@ -200,6 +201,8 @@ def _ops_arg(text: str) -> list[Any]:
     """``patch``'s JSON: an array of well-formed operations (checked as the daemon checks it)."""
     ops: list[Any]
     ops, where = _json_arg(text, "the operation list", list)
+    from syncd.crdt.ops import parse_ops  # here: the CRDT engine takes a while to import
+
     try:
         parse_ops(ops)
     except (InvalidOperation, PatchError) as exc:
@@ -262,6 +265,7 @@ def _client(paths: Paths) -> Client:
 def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd init``."""
     from syncd.daemon.run import prepare_home, write_initial_config
+    from syncd.identity import identity_exists, load_identity
 
     listen = "0.0.0.0:7400" if args.listen is None else args.listen
     try:
@@ -337,6 +341,8 @@ def _first_leaf(group: BaseExceptionGroup[SyncdError]) -> SyncdError:
 
 def cmd_id(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd id``: no daemon needed."""
+    from syncd.identity import load_identity
+
     identity = load_identity(paths.state_dir)
     if args.json:
         print_json({"device_id": identity.device_id})

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from syncd.identity import format_device_id
+from syncd.deviceid import format_device_id
 from tests.daemon_harness import DaemonProcess, RawConn, serve_for_module
 
 OTHER = format_device_id(b"\x07" * 32)

@@ -18,7 +18,7 @@ import trio
 
 from syncd.daemon.rpc import LineSplitter, parse_message
 from syncd.daemon.store import NoNetwork
-from syncd.identity import format_device_id
+from syncd.deviceid import format_device_id
 from tests.daemon_harness import Api, Line, line_connection, request_line, running_api
 
 OTHER = format_device_id(b"\x01" * 32)

@@ -9,19 +9,15 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from syncd.deviceid import ALPHABET, InvalidDeviceId, format_device_id, luhn32, parse_device_id
 from syncd.identity import (
-    ALPHABET,
     IdentityError,
-    InvalidDeviceId,
     SharedDirectoryError,
     create_identity,
     device_id_from_certificate,
     ensure_private_dir,
-    format_device_id,
     load_identity,
     load_or_create_identity,
-    luhn32,
-    parse_device_id,
 )
 
 SAMPLE = format_device_id(bytes(range(32)))

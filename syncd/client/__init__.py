@@ -25,7 +25,8 @@ unless nothing else waits, because their responses do not keep that order (docs/
 
 from __future__ import annotations
 
-from syncd.client.async_client import WATCH_BUFFER, AsyncClient, AsyncSubscription, open_client
+from typing import TYPE_CHECKING, Any
+
 from syncd.client.errors import (
     ApplicationError,
     CallTimeout,
@@ -49,6 +50,27 @@ from syncd.client.errors import (
 from syncd.client.protocol import MAX_RESPONSE_LINE, default_socket
 from syncd.client.sync_client import Client
 from syncd.errors import SyncdError
+
+if TYPE_CHECKING:
+    from syncd.client.async_client import (
+        WATCH_BUFFER,
+        AsyncClient,
+        AsyncSubscription,
+        open_client,
+    )
+
+_ASYNC_NAMES = frozenset({"WATCH_BUFFER", "AsyncClient", "AsyncSubscription", "open_client"})
+
+
+def __getattr__(name: str) -> Any:
+    # The trio client is imported on first use: importing trio takes longer than everything
+    # else the CLI needs, and the blocking client does not use it.
+    if name in _ASYNC_NAMES:
+        from syncd.client import async_client
+
+        return getattr(async_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_RESPONSE_LINE",

@@ -7,7 +7,7 @@ from typing import Any
 from syncd import jsontext
 from syncd.config import check_device_name, parse_listen
 from syncd.daemon.rpc import RpcError, invalid_params
-from syncd.identity import InvalidDeviceId, parse_device_id
+from syncd.deviceid import InvalidDeviceId, parse_device_id
 
 MAX_NAME_BYTES = 1024  # UTF-8 bytes in a namespace name or key
 
