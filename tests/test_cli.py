@@ -459,3 +459,13 @@ def test_log_level_ignores_case_and_refuses_unknown_levels() -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["run", "--log-level", "loud"])
     assert info.value.code == 2
+
+
+def test_the_cli_does_not_load_trio_crypto_or_the_crdt_engine_up_front() -> None:
+    # Every `syncd get` pays for its imports: the heavy ones wait for the commands that need them.
+    code = (
+        "import sys, syncd.cli, syncd.client; "
+        "print(sorted(m for m in ('trio', 'cryptography', 'syncd.crdt') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
