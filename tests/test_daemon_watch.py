@@ -10,7 +10,7 @@ import trio
 
 from syncd.client import AsyncClient, InvalidParams, NotFound, open_client
 from syncd.config import ApiConfig
-from tests.daemon_harness import Line, line_connection, running_api
+from tests.daemon_harness import Line, line_connection, request_line, running_api
 
 
 async def next_notification(conn: Line) -> dict[str, Any]:
@@ -72,6 +72,31 @@ async def test_initial_sends_current_documents_first(tmp_path: Path) -> None:
         after = await next_notification(w)
         assert after["params"]["key"] == "k3"
         assert "initial" not in after["params"]
+
+
+async def test_initial_covers_the_documents_of_requests_sent_before_watch_only(
+    tmp_path: Path,
+) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as c:
+        put = {"ns": "n", "key": "before", "value": {"v": 1}}
+        lines = [
+            request_line("put", put, 1),
+            request_line("watch", {"ns": "n", "initial": True}, 2),
+            request_line("put", {"ns": "n", "key": "after", "value": {"v": 2}}, 3),
+        ]
+        await c.send_raw(b"".join(lines))  # pipelined: nothing waits for an answer
+        notes = []
+        answered = set()
+        while len(notes) < 2 or len(answered) < 3:
+            msg = await c.recv()
+            if "method" in msg:
+                notes.append(msg["params"])
+            else:
+                answered.add(msg["id"])
+        assert [(n["key"], n.get("initial", False)) for n in notes] == [
+            ("before", True),
+            ("after", False),
+        ]
 
 
 async def test_unwatch(tmp_path: Path) -> None:

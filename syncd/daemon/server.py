@@ -411,10 +411,20 @@ class Connection:
             )
         sub = self.server.hub.subscribe(ns, prefix, self.limits.watch_queue)
         self.subs[sub.id] = sub
+        keys = None
+        if initial:
+            # Which documents the snapshot covers is fixed now, as the subscription starts
+            # (subscribed first: a change made meanwhile is queued, never lost); a document
+            # that a later request creates is a live change, not an initial one.
+            try:
+                keys = await self.server.service.store.list_keys(ns, prefix)
+            except BaseException:
+                self.unwatch(sub.id)
+                raise
         announced = trio.Event()
         _announcements.get().append(announced)
         assert self._work is not None
-        self._work.start_soon(self._pump, sub, initial, announced)
+        self._work.start_soon(self._pump, sub, keys, announced)
         return sub.id
 
     def unwatch(self, sub_id: int) -> bool:
@@ -425,7 +435,9 @@ class Connection:
         self.server.hub.unsubscribe(sub)
         return True
 
-    async def _pump(self, sub: Subscription, initial: bool, announced: trio.Event) -> None:
+    async def _pump(
+        self, sub: Subscription, initial: list[str] | None, announced: trio.Event
+    ) -> None:
         scope = trio.CancelScope()
         if self._subs_stopped:
             scope.cancel()
@@ -434,8 +446,8 @@ class Connection:
             with scope:
                 await announced.wait()  # the {subscription} response goes out first
                 snapshot: dict[str, int] = {}
-                if initial:
-                    await self._send_snapshot(sub, snapshot)
+                if initial is not None:
+                    await self._send_snapshot(sub, initial, snapshot)
                 while True:
                     await sub.wait()
                     if sub.closed:
@@ -452,9 +464,14 @@ class Connection:
         finally:
             self._pump_scopes.discard(scope)
 
-    async def _send_snapshot(self, sub: Subscription, snapshot: dict[str, int]) -> None:
+    async def _send_snapshot(
+        self, sub: Subscription, keys: list[str], snapshot: dict[str, int]
+    ) -> None:
+        """The current value of each of ``keys`` that still exists, as ``initial`` changes;
+        ``snapshot`` records the change feed's position at each read, so that queued changes
+        the value already holds are not sent after it."""
         store: Store = self.server.service.store
-        for key in await store.list_keys(sub.ns, sub.prefix):
+        for key in keys:
             if sub.closed or sub.overflowed:
                 return
             snapshot[key] = self.server.hub.seq
