@@ -85,8 +85,8 @@ async def test_initial_covers_the_documents_of_requests_sent_before_watch_only(
             request_line("put", {"ns": "n", "key": "after", "value": {"v": 2}}, 3),
         ]
         await c.send_raw(b"".join(lines))  # pipelined: nothing waits for an answer
-        notes = []
-        answered = set()
+        notes: list[dict[str, Any]] = []
+        answered: set[int] = set()
         while len(notes) < 2 or len(answered) < 3:
             msg = await c.recv()
             if "method" in msg:
