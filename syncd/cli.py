@@ -28,6 +28,7 @@ from syncd.config import (
 )
 from syncd.deviceid import InvalidDeviceId, parse_device_id
 from syncd.errors import InvalidOperation, PatchError, SyncdError
+from syncd.names import name_problem
 from syncd.paths import Paths, resolve_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
@@ -382,6 +383,7 @@ def cmd_watch(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _watch(args: argparse.Namespace, paths: Paths) -> int:
+    _check_names(args)
     with _client(paths) as client:
         client.watch(args.ns, args.prefix, args.initial)
         for msg in client.notifications():
@@ -396,9 +398,19 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+def _check_names(args: argparse.Namespace) -> None:
+    """NS and KEY arguments are checked here, as the daemon would (a usage error, exit 2)."""
+    for attr, what in (("ns", "namespace"), ("key", "key")):
+        value = getattr(args, attr, None)
+        problem = None if value is None else name_problem(value)
+        if problem is not None:
+            raise UsageError(f"the {what} {problem}")
+
+
 def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The JSON-RPC (method, params) of a daemon command; checks local input first."""
     cmd = args.command
+    _check_names(args)
     simple = {"status": "status", "peers": "peers", "ns": "namespaces"}
     if cmd in simple:
         return simple[cmd], {}

@@ -106,6 +106,12 @@ def test_usage_errors_are_one_line_exit_2(run: Run, tmp_path: Path) -> None:
     fails(run("--home", home, "trust", typo), 2, "mistyped")
     fails(run("--home", home, "share", "n", "XYZ"), 2, "invalid device ID")
     fails(run("--home", home, "trust", OTHER, "--addr", "bad"), 2, "--addr")
+    # Empty or over-long names are caught before the daemon is asked (none runs here).
+    fails(run("--home", home, "get", "", "k"), 2, "the namespace must not be empty")
+    fails(run("--home", home, "del", "n", ""), 2, "the key must not be empty")
+    fails(run("--home", home, "put", "n", "k" * 1025, "{}"), 2, "longer than 1024 bytes")
+    fails(run("--home", home, "watch", ""), 2, "the namespace must not be empty")
+    fails(run("--home", home, "share", "", OTHER), 2, "the namespace must not be empty")
 
 
 def test_status(run: Run, daemon: DaemonProcess) -> None:

@@ -232,7 +232,7 @@ def test_cli_input_errors_are_one_line(home: tuple[str, str]) -> None:
     ok(cli(*home, "put", "n", "r", '{"r": 1}'))
     fails(cli(*home, "patch", "n", "r", '[{"op":"inc","path":["r"],"by":1}]'), "counter", 1)
     fails(cli(*home, "sync", "n", "--timeout", "-1"), "--timeout", 2)
-    fails(cli(*home, "get", "n", ""), "key", 1)
+    fails(cli(*home, "get", "n", ""), "key must not be empty", 2)
 
 
 def test_devices(daemon: DaemonProcess, home: tuple[str, str]) -> None:

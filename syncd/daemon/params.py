@@ -8,8 +8,7 @@ from syncd import jsontext
 from syncd.config import check_device_name, parse_listen
 from syncd.daemon.rpc import RpcError, invalid_params
 from syncd.deviceid import InvalidDeviceId, parse_device_id
-
-MAX_NAME_BYTES = 1024  # UTF-8 bytes in a namespace name or key
+from syncd.names import name_problem
 
 
 class Params:
@@ -42,20 +41,10 @@ class Params:
     def name(self, name: str, *, allow_empty: bool = False) -> str:
         """A namespace or key: a non-empty string of valid Unicode, no NUL, <= 1024 UTF-8 bytes."""
         value = self._required(name, "a string")
-        if not isinstance(value, str):
-            raise invalid_params(f"param {name!r} must be a string", param=name)
-        if not value and not allow_empty:
-            raise invalid_params(f"param {name!r} must not be empty", param=name)
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise invalid_params(f"param {name!r} is not valid Unicode", param=name) from None
-        if size > MAX_NAME_BYTES:
-            raise invalid_params(
-                f"param {name!r} is longer than {MAX_NAME_BYTES} bytes", param=name
-            )
-        if "\x00" in value:
-            raise invalid_params(f"param {name!r} contains a NUL character", param=name)
+        problem = None if value == "" and allow_empty else name_problem(value)
+        if problem is not None:
+            raise invalid_params(f"param {name!r} {problem}", param=name)
+        assert isinstance(value, str)
         return value
 
     def opt_name(self, name: str) -> str:

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.crdt.document import Document
+from syncd.names import name_problem
 from syncd.replica.errors import InvalidKeyError
-
-MAX_NAME_BYTES = 1024
-"""The longest namespace name or document key, in UTF-8 bytes."""
 
 LOCAL = "local"
 """The ``origin`` of a change made on this device."""
@@ -100,18 +98,12 @@ def check_name(what: str, name: object) -> str:
     """Validate a namespace name or document key and return it.
 
     Any non-empty string of valid Unicode (no surrogates, no NUL) up to
-    :data:`MAX_NAME_BYTES` UTF-8 bytes is accepted.
+    1024 UTF-8 bytes is accepted (:mod:`syncd.names`).
     """
-    if not isinstance(name, str) or not name:
-        raise InvalidKeyError(f"{what} must be a non-empty string")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidKeyError(f"{what} is not valid Unicode") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidKeyError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
-    if "\x00" in name:
-        raise InvalidKeyError(f"{what} contains a NUL character")
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidKeyError(f"{what} {problem}")
+    assert isinstance(name, str)
     return name
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from syncd.crdt.context import CausalContext
+from syncd.names import MAX_NAME_BYTES
 from syncd.sync import cbor
 from syncd.sync.cbor import Item
 from syncd.sync.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -20,8 +21,6 @@ from syncd.sync.errors import LocalProtocolError, ProtocolError, RemoteProtocolE
 HELLO, CLOSE, PING, PONG, OFFER, SUMMARY, DELTAS, ACK = range(8)
 
 MAX_VERSIONS = 16
-MAX_NAME_BYTES = 1024
-"""Namespace names and document keys: 1..1024 bytes of UTF-8 without NUL (as the replica)."""
 MAX_REPLICA_BYTES = 64
 MAX_DETAIL_BYTES = 1024
 MAX_NAMESPACES = 4096
