@@ -472,7 +472,9 @@ async def test_values_a_document_cannot_store_are_refused(
 ) -> None:
     line = b'{"jsonrpc":"2.0","id":1,"method":"put","params":{"ns":"n","key":"k","value":%s}}\n'
     await conn.send_raw(line % value)
-    error(await conn.recv(), code)
+    err = error(await conn.recv(), code)
+    if code == -32602:
+        assert err["data"]["param"] == "value"
     assert result(await conn.call("get", {"ns": "n", "key": "k"}))["exists"] is False
     # The largest integers that fit are stored, and read back after the cache is gone.
     fits = {"hi": 2**64 - 1, "lo": -(2**64) + 1, "f": 1.5e308}
@@ -486,7 +488,12 @@ async def test_a_counter_cannot_overflow(conn: Line) -> None:
     assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": [top]}))
     one = {"op": "inc", "path": ["c"], "by": 1}
     error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [one]}), -32000, "too_large")
-    huge = {"op": "inc", "path": ["c"], "by": 2**64}
+    for by in (2**63, -(2**63) - 1, 2**64 - 1):  # storable numbers no counter can take
+        beyond = {"op": "inc", "path": ["c"], "by": by}
+        error(
+            await conn.call("patch", {"ns": "n", "key": "k", "ops": [beyond]}), -32000, "too_large"
+        )
+    huge = {"op": "inc", "path": ["c"], "by": 2**64}  # not even a storable number
     error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [huge]}), -32602)
     error(await conn.call("put", {"ns": "n", "key": "k", "value": {"c": 2**63}}), -32000)
     assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": 2**63 - 1}

@@ -180,8 +180,13 @@ def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
     by = raw.get("by", 1)
     if not is_int(by):
         raise InvalidOperation(f"ops[{i}].by must be an integer")
-    if not COUNTER_MIN <= by <= COUNTER_MAX:
-        raise InvalidOperation(f"ops[{i}].by must be a 64-bit integer")
+    if not -INT_LIMIT < by < INT_LIMIT:
+        raise InvalidOperation(f"ops[{i}].by must lie between -2**64 and 2**64")
+    if not COUNTER_MIN <= by <= COUNTER_MAX:  # a storable number, but no counter can take it
+        raise PatchError(
+            f"ops[{i}].by would take the counter out of its 64-bit range (-2**63 to 2**63-1)",
+            reason="too_large",
+        )
     return Inc(path, by)
 
 

@@ -84,7 +84,9 @@ class Service:
         except RpcError:
             raise
         except InvalidOperation as exc:
-            extra = {"param": "ops"} if method_name == "patch" else {}
+            # The store raises it only for what a write carries: put's value, patch's ops.
+            param = {"patch": "ops", "put": "value"}.get(method_name)
+            extra = {"param": param} if param else {}
             raise invalid_params(str(exc), reason=exc.reason, **extra) from None
         except SyncdError as exc:
             raise RpcError(APPLICATION_ERROR, str(exc), reason=exc.reason) from None
