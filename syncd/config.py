@@ -64,6 +64,8 @@ def parse_listen(text: str) -> tuple[str, int]:
         _check_host(host)
     if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
         raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r}")
+    if port_text.startswith("0") and port_text != "0":
+        raise ValueError(f"port {port_text!r} has a leading zero; write {int(port_text)}")
     port = int(port_text)
     if port == 0:
         raise ValueError(

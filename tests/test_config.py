@@ -146,6 +146,7 @@ def test_parse_listen_accepts(text: str, host: str, port: int) -> None:
         ("[1.2.3.4]:80", "not an IPv6 address"),
         ("[::1:80", "brackets"),
         ("1.2.3.4:0", "port 0 (any free port) is not allowed"),
+        ("1.2.3.4:080", "port '080' has a leading zero; write 80"),
         ("[::]:0", "port 0 (any free port) is not allowed"),
         ("h:65536", "port must be a number from 1 to 65535"),
         ("h:\u0663", "non-ASCII"),

@@ -171,11 +171,15 @@ def test_bad_config_names_key_and_file(home: Path) -> None:
 def test_sighup_reloads_and_survives_a_bad_config(home: Path) -> None:
     with daemon_process(home) as d:
         assert d.notify is not None
-        (home / "config.toml").write_text('name = "renamed"\n')
+        listen = d.call("status")["listen"]
+        (home / "config.toml").write_text('name = "renamed"\nlisten = "127.0.0.1:9999"\n')
         d.signal(signal.SIGHUP)
         d.notify.messages.clear()
         d.notify.wait_for("STATUS")
-        assert d.call("status")["name"] == "renamed"
+        status = d.call("status")
+        assert status["name"] == "renamed"
+        assert status["listen"] == listen  # the address in use until a restart
+        assert "listen address 127.0.0.1:9999 takes effect after a restart" in d.stderr()
         (home / "config.toml").write_text("name = [\n")
         d.signal(signal.SIGHUP)
         d.notify.messages.clear()

@@ -10,6 +10,7 @@ SIGHUP reloads config.toml (a bad file is logged and the old config kept).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -291,7 +292,12 @@ def _reload(paths: Paths, settings: Settings) -> None:
         log.error("config not reloaded, keeping the old one: %s", exc)
         return
     if config.listen != settings.config.listen:
-        log.warning("listen address changes take effect after a restart")
+        log.warning(
+            "listen address %s takes effect after a restart; %s stays in use",
+            config.listen,
+            settings.config.listen,
+        )
+        config = dataclasses.replace(config, listen=settings.config.listen)  # what `status` shows
     settings.config = config
     set_level(settings.log_level)
     if paths.config_file.exists():
