@@ -263,6 +263,10 @@ def _client(paths: Paths) -> Client:
     return Client(paths.socket)
 
 
+def _note(text: str) -> None:
+    sys.stderr.write(f"syncd: {text}\n")
+
+
 def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd init``."""
     from syncd.daemon.run import prepare_home, write_initial_config
@@ -281,11 +285,13 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         else:
             write(identity.device_id + "\n")
             sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
+        if paths.config_file.exists():
+            _not_applied(args, paths, load_config(paths.config_file))
         return EXIT_OK
     kept: Config | None = None
     if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything
         kept = load_config(paths.config_file)
-    identity, _created = prepare_home(paths)
+    identity, _created = prepare_home(paths, report=_note)
     if kept is None:
         write_initial_config(paths, name, listen)
         load_config(paths.config_file)  # prove the file we wrote is valid
@@ -296,19 +302,22 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         config = f"; kept the existing {paths.config_file}" if kept else f" and {paths.config_file}"
         sys.stderr.write(f"syncd: created identity in {paths.state_dir}{config}\n")
     if kept is not None:
-        ignored = [
-            f"{option} {given!r}"
-            for option, given, current in (
-                ("--name", args.name, kept.name),
-                ("--listen", args.listen, kept.listen),
-            )
-            if given is not None and given != current
-        ]
-        if ignored:
-            sys.stderr.write(
-                f"syncd: not applied, edit {paths.config_file} instead: {', '.join(ignored)}\n"
-            )
+        _not_applied(args, paths, kept)
     return EXIT_OK
+
+
+def _not_applied(args: argparse.Namespace, paths: Paths, config: Config) -> None:
+    """Name the ``--name``/``--listen`` that differ from an existing config (init keeps it)."""
+    ignored = [
+        f"{option} {given!r}"
+        for option, given, current in (
+            ("--name", args.name, config.name),
+            ("--listen", args.listen, config.listen),
+        )
+        if given is not None and given != current
+    ]
+    if ignored:
+        _note(f"not applied, edit {paths.config_file} instead: {', '.join(ignored)}")
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:

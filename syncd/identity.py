@@ -129,21 +129,26 @@ class SharedDirectoryError(OSError):
     """A directory that others may write to (such as ``/tmp``): not one to make private."""
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if missing and make sure it has mode 0700.
+def ensure_private_dir(path: Path) -> int | None:
+    """Create ``path`` (and parents) if missing and make sure it has mode 0700; returns the
+    mode an existing directory had if it was changed (None otherwise), for the caller to say.
 
     An existing directory that anyone may write to (world-writable or sticky, like ``/tmp``)
     is refused with :class:`SharedDirectoryError` rather than made private: that would lock
-    everyone else out of it.
+    everyone else out of it (and anyone could have made it).
     """
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & (stat.S_ISVTX | stat.S_IWOTH):
         raise SharedDirectoryError(
-            f"{path} is a shared directory (mode {mode:04o}); give syncd a directory of its own"
+            f"{path} is writable by every user (mode {mode:04o}), so syncd will not keep its "
+            "files there: if it is yours alone, `chmod 700` it; otherwise give syncd a "
+            "directory of its own"
         )
-    if mode != 0o700:
-        os.chmod(path, 0o700)
+    if mode == 0o700:
+        return None
+    os.chmod(path, 0o700)
+    return mode
 
 
 def identity_exists(state_dir: Path) -> bool:

@@ -79,7 +79,14 @@ def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
     assert status == 0
     assert out.strip() == device_id
     assert "already initialized" in err
+    assert f"not applied, edit {tmp_path / 'h' / 'config.toml'} instead: --name 'other'" in err
     assert "lap" in (tmp_path / "h" / "config.toml").read_text()
+    # An existing directory init makes private is said, not done silently.
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o755)
+    status, out, err = run("--home", str(tmp_path / "open"), "init")
+    assert status == 0
+    assert f"made {tmp_path / 'open'} private: mode 0700 (it was 0755)" in err
     js = json.loads(ok(run("--home", home, "--json", "init")))
     assert js == {"device_id": device_id, "created": False}
 
@@ -289,7 +296,7 @@ def test_init_on_a_home_that_cannot_be_a_directory(run: Run, tmp_path: Path) -> 
     afile = tmp_path / "afile"
     afile.write_text("")
     fails(run("--home", str(afile / "x"), "init"), 1, f"cannot create {afile / 'x'}: Not a dir")
-    fails(run("--home", str(afile), "init"), 1, f"cannot create {afile}: File exists")
+    fails(run("--home", str(afile), "init"), 1, f"{afile} is not a directory")
 
 
 @pytest.mark.parametrize(
@@ -407,7 +414,7 @@ def test_bad_addresses_and_names_are_usage_errors(
 
 def test_init_keeps_an_existing_config_and_says_so(run: Run, tmp_path: Path) -> None:
     home = tmp_path / "h"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     (home / "config.toml").write_text('name = "mine"\n')
     status, out, err = run("--home", str(home), "init", "--name", "other", "--listen", "h:1")
     assert status == 0, err
@@ -422,7 +429,7 @@ def test_init_keeps_an_existing_config_and_says_so(run: Run, tmp_path: Path) -> 
 
 def test_init_with_matching_options_on_an_existing_config(run: Run, tmp_path: Path) -> None:
     home = tmp_path / "h"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     (home / "config.toml").write_text('name = "mine"\n')
     status, out, err = run("--home", str(home), "--json", "init", "--name", "mine")
     assert status == 0, err

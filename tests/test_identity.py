@@ -148,10 +148,13 @@ def test_a_shared_directory_is_not_made_private(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)  # like /tmp: `syncd --home /tmp` must not lock everyone out of it
-    with pytest.raises(SharedDirectoryError, match="shared directory"):
+    with pytest.raises(SharedDirectoryError, match="writable by every user"):
         ensure_private_dir(shared)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     own = tmp_path / "own"
-    own.mkdir(mode=0o755)
-    ensure_private_dir(own)  # an ordinary directory is tightened, as documented
+    own.mkdir()
+    own.chmod(0o755)
+    assert ensure_private_dir(own) == 0o755  # tightened, as documented, and said so
     assert stat.S_IMODE(own.stat().st_mode) == 0o700
+    assert ensure_private_dir(own) is None
+    assert ensure_private_dir(tmp_path / "new" / "dir") is None  # created private

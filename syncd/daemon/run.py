@@ -107,23 +107,33 @@ class Settings:
         return self.config.api
 
 
-def make_private_dir(path: Path) -> None:
-    """:func:`ensure_private_dir`, failing with :class:`DaemonError` (``cannot create DIR:
-    Not a directory``) instead of a bare ``OSError``."""
+Report = Callable[[str], None]
+"""Where a notice about the user's files goes (the log for ``run``, stderr for ``init``)."""
+
+
+def make_private_dir(path: Path, report: Report = log.warning) -> None:
+    """:func:`ensure_private_dir`, failing with :class:`DaemonError` that says what is wrong
+    instead of a bare ``OSError``, and reporting a mode it changed."""
     try:
-        ensure_private_dir(path)
+        changed = ensure_private_dir(path)
     except SharedDirectoryError as exc:
         raise DaemonError(str(exc)) from None
     except OSError as exc:
+        if path.exists() and not path.is_dir():
+            raise DaemonError(f"{path} is not a directory") from None
+        if path.is_dir():
+            raise DaemonError(f"cannot make {path} private (mode 0700): {exc.strerror}") from None
         raise DaemonError(f"cannot create {path}: {exc.strerror}") from None
+    if changed is not None:
+        report(f"made {path} private: mode 0700 (it was {changed:04o})")
 
 
-def prepare_home(paths: Paths) -> tuple[Identity, bool]:
+def prepare_home(paths: Paths, report: Report = log.warning) -> tuple[Identity, bool]:
     """Create the state directory (0700) and the identity if missing.
 
     Returns (identity, created). Used by ``syncd init`` and by ``syncd run`` on an empty home.
     """
-    make_private_dir(paths.state_dir)
+    make_private_dir(paths.state_dir, report)
     try:
         identity, created = load_or_create_identity(paths.state_dir)
     except PermissionError as exc:
