@@ -223,6 +223,20 @@ def test_terminal_logging_has_timestamps_and_log_level(home: Path) -> None:
     assert " INFO syncd.daemon: stopped" in last
 
 
+def test_a_file_where_the_socket_goes_is_left_alone_and_named(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    (home / "syncd.sock").write_text("mine")
+    d = DaemonProcess(home)
+    try:
+        d.start(wait_ready=False)
+        assert d.wait() == 1
+        last = d.stderr().splitlines()[-1]
+        assert last == f"syncd: {home / 'syncd.sock'} exists and is not a socket; move it away"
+        assert (home / "syncd.sock").read_text() == "mine"
+    finally:
+        d.close()
+
+
 def test_debug_logging_shows_connections_and_requests(home: Path) -> None:
     with daemon_process(home, "--log-level", "debug") as d:
         c = RawConn(d.socket)

@@ -37,7 +37,12 @@ from syncd.daemon.methods import Service
 from syncd.daemon.notify import Notifier
 from syncd.daemon.server import ApiServer
 from syncd.daemon.store import NoNetwork, Store
-from syncd.daemon.unixsock import SocketInUseError, bind_unix, short_address
+from syncd.daemon.unixsock import (
+    NotASocketError,
+    SocketInUseError,
+    bind_unix,
+    short_address,
+)
 from syncd.daemon.watch import WatchHub
 from syncd.errors import SyncdError
 from syncd.gcpolicy import configure_gc, freeze_startup_objects
@@ -255,6 +260,8 @@ async def _serve(
         server = ApiServer(service, hub, settings.api)
         try:
             sock = bind_unix(socket_path)
+        except NotASocketError as exc:
+            raise DaemonError(str(exc)) from None
         except SocketInUseError as exc:
             raise DaemonError(
                 f"{exc} (another syncd using the same runtime directory with a different state "

@@ -36,6 +36,10 @@ class SocketInUseError(OSError):
     """Something else is at the socket's path: a live server, or a file that is no socket."""
 
 
+class NotASocketError(SocketInUseError):
+    """A file that is not a socket stands where the socket goes."""
+
+
 def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
     """A listening AF_UNIX stream socket at ``path`` with mode 0600.
 
@@ -68,7 +72,7 @@ def _remove_stale(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SocketInUseError(f"{path} exists and is not a socket; move it away")
+        raise NotASocketError(f"{path} exists and is not a socket; move it away")
     try:
         probe = connect_unix(path, timeout=1.0)
     except OSError:  # refused (stale), or unreachable: nobody serves it
