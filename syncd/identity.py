@@ -165,12 +165,7 @@ def create_identity(state_dir: Path) -> Identity:
     if cert_path.exists():
         # The certificate of an identity whose key is gone: a new key would silently become a
         # new device (peers would no longer recognise this one), and overwrite the certificate.
-        raise IdentityError(
-            f"{key_path} is missing but {cert_path} exists: this device's identity is "
-            f"incomplete. Restore {KEY_FILE} from a backup, or remove {cert_path} to start as a "
-            "new device (a new device ID that peers must trust again)",
-            reason="no_identity",
-        )
+        raise _incomplete(key_path, cert_path)
     key = ed25519.Ed25519PrivateKey.generate()
     cert = make_certificate(key)
     key_pem = key.private_bytes(
@@ -193,6 +188,8 @@ def load_identity(state_dir: Path) -> Identity:
         st = key_path.stat()
         key_pem = key_path.read_bytes()
     except FileNotFoundError:
+        if cert_path.exists():
+            raise _incomplete(key_path, cert_path) from None
         raise IdentityError(
             f"no identity in {state_dir} (run `syncd init` first)", reason="no_identity"
         ) from None
@@ -205,8 +202,13 @@ def load_identity(state_dir: Path) -> Identity:
         )
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise IdentityError(f"{key_path} is not a valid private key: {exc}") from None
+    except (ValueError, TypeError):
+        what = "is empty" if not key_pem.strip() else "is not a valid private key (damaged?)"
+        raise IdentityError(
+            f"{key_path} {what}: restore it from a backup; only if there is none, move it and "
+            f"{CERT_FILE} away to start as a new device (a new device ID that peers must "
+            "trust again)"
+        ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise IdentityError(f"{key_path} is not an Ed25519 private key")
     device_id = device_id_from_public_key(key.public_key())
@@ -221,6 +223,15 @@ def load_identity(state_dir: Path) -> Identity:
         cert = make_certificate(key)
         write_file_durably(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return Identity(device_id, key, cert, key_path, cert_path)
+
+
+def _incomplete(key_path: Path, cert_path: Path) -> IdentityError:
+    return IdentityError(
+        f"{key_path} is missing but {cert_path} exists: this device's identity is "
+        f"incomplete. Restore {KEY_FILE} from a backup, or remove {cert_path} to start as a "
+        "new device (a new device ID that peers must trust again)",
+        reason="no_identity",
+    )
 
 
 def load_or_create_identity(state_dir: Path) -> tuple[Identity, bool]:

@@ -140,7 +140,17 @@ def test_missing_and_garbage_keys_give_clear_errors(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_bytes(b"not a key")
     key.chmod(0o600)
-    with pytest.raises(IdentityError, match="not a valid private key"):
+    with pytest.raises(IdentityError, match="not a valid private key") as info:
+        load_identity(tmp_path)
+    assert "restore it from a backup" in str(info.value)
+    assert "http" not in str(info.value)  # no library internals in a user's error
+    key.write_bytes(b"")
+    with pytest.raises(IdentityError, match="key.pem is empty"):
+        load_identity(tmp_path)
+    # A key that is gone while its certificate is there is not "no identity": it is lost.
+    key.unlink()
+    (tmp_path / "cert.pem").write_text("cert")
+    with pytest.raises(IdentityError, match="identity is incomplete"):
         load_identity(tmp_path)
 
 
