@@ -485,6 +485,7 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    paths: Paths | None = None
     try:
         for option in ("home", "socket"):
             if getattr(args, option) == "":  # (an empty $SYNCD_HOME is unset: resolve_paths)
@@ -496,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(exc, EXIT_USAGE)
     except DaemonNotRunning as exc:
+        if paths is not None and paths.socket == paths.daemon_socket and _lock_held(paths):
+            return _fail(
+                SyncdError(
+                    f"a syncd daemon is running with this home (it holds {paths.lock_file}) but "
+                    f"its socket {paths.socket} is gone (deleted?); restart the daemon"
+                ),
+                EXIT_NO_DAEMON,
+            )
         return _fail(exc, EXIT_NO_DAEMON)
     except RemoteError as exc:
         return _fail(exc, EXIT_FAILED)
@@ -515,6 +524,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file or directory syncd could not use that no check foresaw
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(SyncdError(f"{where}{exc.strerror or exc}"), EXIT_FAILED)
+
+
+def _lock_held(paths: Paths) -> bool:
+    """Whether someone holds the home's instance lock, read from /proc/locks: taking the lock
+    to find out, even for a moment, could make a daemon starting right now fail."""
+    import os
+
+    try:
+        st = os.stat(paths.lock_file)
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            table = locks.read()
+    except OSError:
+        return False
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(" FLOCK " in line and inode in line.split() for line in table.splitlines())
 
 
 def _fail(exc: Exception, status: int) -> int:
