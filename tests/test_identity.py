@@ -145,7 +145,7 @@ def test_missing_and_garbage_keys_give_clear_errors(tmp_path: Path) -> None:
     assert "restore it from a backup" in str(info.value)
     assert "http" not in str(info.value)  # no library internals in a user's error
     key.write_bytes(b"")
-    with pytest.raises(IdentityError, match="key.pem is empty"):
+    with pytest.raises(IdentityError, match=r"key\.pem is empty"):
         load_identity(tmp_path)
     # A key that is gone while its certificate is there is not "no identity": it is lost.
     key.unlink()
