@@ -79,6 +79,16 @@ def test_a_register_made_to_hold_an_object_stays_a_register_through_put() -> Non
     assert doc.render() == {"y": {"b": 2}}
 
 
+def test_set_of_the_whole_document_creates_it_as_put_does() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "set", "path": [], "value": {}})
+    assert doc.exists() and doc.render() == {}
+    again = patch(doc, c, {"op": "set", "path": [], "value": {}})
+    assert again.is_bottom() and not again.ctx  # the current value: no change
+    synced(other := Document(), doc)
+    assert other.exists()
+
+
 def test_put_on_text_field_is_a_character_edit() -> None:
     doc, c = fresh("r1")
     patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "x" * 100_000})

@@ -82,6 +82,9 @@ class Change:
         self.counter = counter
         self.delta = Document()
         self.added = False
+        self.creates = False
+        """Set by a write of the whole document (``set`` at the root): like ``put``, it makes
+        the document exist even when the object is empty."""
 
     # -- primitives --------------------------------------------------------------------------
 
@@ -137,7 +140,7 @@ class Change:
         contexts record: a peer that missed the change lacks that dot, which is how
         anti-entropy finds the document to resend (``Document.delta_since``).
         """
-        if not existed and (self.added or create):
+        if not existed and (self.added or create or self.creates):
             self._add(((), PRESENT))
         elif not self.added and self.delta.ctx:
             self._fresh()
@@ -376,6 +379,7 @@ class Change:
             if not isinstance(op.value, dict):
                 raise PatchError("the document itself must be an object", reason="type_mismatch")
             self._put_map((), op.value)
+            self.creates = True
             return
         loc = self._field(op.path, create=True)
         assert loc is not None
