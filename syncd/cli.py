@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from syncd import __version__, jsontext
-from syncd.cli_output import OutputError, flush, print_json, show, write
+from syncd.cli_output import OutputError, flush, json_text, print_json, show, write
 from syncd.client import Client, ClientError, DaemonNotRunning, RemoteError
 from syncd.config import (
     Config,
@@ -402,7 +402,7 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
                 client.watch(args.ns, args.prefix, True)
                 continue
             params.pop("subscription", None)
-            write(json.dumps(params, ensure_ascii=False) + "\n")
+            write(json_text(params) + "\n")
             flush()
     return EXIT_OK
 

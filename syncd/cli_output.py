@@ -50,9 +50,19 @@ def flush() -> None:
             out.flush()
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """JSON that stays on its lines for every reader: non-ASCII text as it is, but U+2028 and
+    U+2029 escaped (valid raw inside JSON strings, yet line breaks to ``str.splitlines`` and to
+    JavaScript before ES2019), as are DEL and the C1 controls (they upset terminals)."""
+    return json.dumps(obj, ensure_ascii=False, **options).translate(_ESCAPED)
+
+
+_ESCAPED = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
 def print_json(obj: Any) -> None:
     """One line of JSON on stdout."""
-    write(json.dumps(obj, ensure_ascii=False) + "\n")
+    write(json_text(obj) + "\n")
 
 
 def shown(name: str) -> str:
@@ -60,10 +70,7 @@ def shown(name: str) -> str:
     it holds a control or line-separator character or starts with ``"``; then as a JSON string
     (so a name shown quoted always starts with ``"``, and ``--json`` output is exact anyway)."""
     if name.startswith('"') or any(unicodedata.category(c) in _UNSHOWN for c in name):
-        quoted = json.dumps(name, ensure_ascii=False)  # escapes C0 controls, not DEL, C1, U+2028
-        return "".join(
-            f"\\u{ord(c):04x}" if unicodedata.category(c) in _UNSHOWN else c for c in quoted
-        )
+        return json_text(name)  # every Cc, Zl and Zp character comes out escaped
     return name
 
 
@@ -152,7 +159,7 @@ def _get(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print_json(out)
     else:
-        write(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        write(json_text(out, indent=2, sort_keys=True) + "\n")
     return 0
 
 

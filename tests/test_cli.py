@@ -142,7 +142,11 @@ def test_human_listing_shows_odd_names_on_one_line_each(run: Run, daemon: Daemon
     assert shown == set(odd)
     assert not [c for line in lines for c in line if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
     assert "plain é" in lines  # ordinary names are shown as they are
-    assert json.loads(ok(run(*h, "--json", "ls", "odd\nns")))["keys"] == sorted(odd)
+    raw = ok(run(*h, "--json", "ls", "odd\nns"))
+    assert raw.count("\n") == 1 and len(raw.splitlines()) == 1  # U+2028 and C1 come escaped
+    assert json.loads(raw)["keys"] == sorted(odd)
+    got = ok(run(*h, "--json", "get", "odd\nns", "line\u2028sep"))
+    assert len(got.splitlines()) == 1
     ns_lines = ok(run(*h, "ns")).splitlines()
     assert any(line.startswith('"odd\\nns"') for line in ns_lines), ns_lines
 
