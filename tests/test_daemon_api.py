@@ -698,6 +698,20 @@ async def test_trust_refuses_names_and_addresses_it_could_not_show(
     assert result(await conn.call("peers"))["peers"] == []
 
 
+async def test_repeated_addresses_are_kept_once_and_sharing_with_itself_is_refused(
+    conn: Line, api: Api
+) -> None:
+    addrs = ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.1:1"]
+    assert result(await conn.call("trust", {"device_id": OTHER, "addresses": addrs}))
+    [peer] = result(await conn.call("peers"))["peers"]
+    assert peer["addresses"] == ["10.0.0.1:1", "10.0.0.2:2"]
+    err = error(
+        await conn.call("share", {"ns": "n", "devices": [api.device_id]}), -32602, "invalid_params"
+    )
+    assert "this device itself" in err["message"]
+    assert err["data"]["param"] == "devices"
+
+
 # --- sans-IO pieces ------------------------------------------------------------------------
 
 

@@ -234,6 +234,10 @@ async def _untrust(svc: Service, session: Session, p: Params) -> Any:
 async def _share(svc: Service, session: Session, p: Params) -> Any:
     ns, devices = p.name("ns"), p.device_ids("devices")
     p.done()
+    if svc.device_id in devices:
+        raise invalid_params(
+            "cannot share with this device itself (it has every namespace)", param="devices"
+        )
     await _write(lambda: svc.store.share(ns, devices))
     return {"ok": True}
 

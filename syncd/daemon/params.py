@@ -128,7 +128,7 @@ class Params:
         return out
 
     def addresses(self, name: str) -> list[str]:
-        """An optional array of ``HOST:PORT`` strings."""
+        """An optional array of ``HOST:PORT`` strings (a repeated one is kept once)."""
         value = self._get(name)
         if value is None:
             return []
@@ -144,7 +144,8 @@ class Params:
                 raise invalid_params(
                     f"param {name!r}: bad address {item!r}: {exc}", param=name
                 ) from None
-            out.append(item)
+            if item not in out:
+                out.append(item)
         return out
 
 
