@@ -283,13 +283,15 @@ async def _serve(
                 )
                 notifier.ready(_summary(identity, socket_path))
                 nursery.start_soon(notifier.watchdog)
-                async for signum in _signals(take_held_signals(), signals):
-                    if signum == signal.SIGHUP:
-                        _reload(paths, settings)
-                        notifier.status(_summary(identity, socket_path))
-                        continue
-                    log.info("%s received; stopping", signal.Signals(signum).name)
-                    break
+                stream = _signals(take_held_signals(), signals)
+                async with contextlib.aclosing(stream):
+                    async for signum in stream:
+                        if signum == signal.SIGHUP:
+                            _reload(paths, settings)
+                            notifier.status(_summary(identity, socket_path))
+                            continue
+                        log.info("%s received; stopping", signal.Signals(signum).name)
+                        break
                 notifier.stopping()
                 await server.shutdown(settings.config.api.shutdown_grace_s)
                 nursery.cancel_scope.cancel()
