@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -195,7 +195,7 @@ def _summary(identity: Identity, socket_path: Path, state: str = "ready") -> str
     return f"{state}; device {identity.device_id[:7]}; socket {socket_path}; 0 peers connected"
 
 
-async def _signals(held: list[int], receiver: AsyncIterator[int]) -> AsyncIterator[int]:
+async def _signals(held: list[int], receiver: AsyncIterator[int]) -> AsyncGenerator[int, None]:
     for signum in held:
         yield signum
     async for signum in receiver:
