@@ -741,3 +741,118 @@ def test_public_names_and_pickling() -> None:
     assert isinstance(errors[2], ApplicationError)
     assert errors[2].reason == "weird"
     assert os.fspath(syncd.client.default_socket())
+
+
+# --- 9. second audit: cancellation, groups, refusals, buffers --------------------------------
+
+
+async def test_an_exception_group_of_the_block_comes_out_unwrapped(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        group = ExceptionGroup("mine", [ValueError("x")])
+        with pytest.raises(ExceptionGroup) as info:
+            async with open_client(api.socket):
+                raise group
+        assert info.value is group
+
+        async def fail() -> None:
+            raise KeyError("task")
+
+        with pytest.raises(ExceptionGroup) as failed:
+            async with open_client(api.socket), trio.open_nursery() as nursery:
+                nursery.start_soon(fail)
+        assert [type(e) for e in failed.value.exceptions] == [KeyError]  # one group, not two
+
+
+async def test_a_subscription_left_from_a_cancelled_scope_is_still_unwatched(
+    tmp_path: Path,
+) -> None:
+    async with running_api(tmp_path) as api, open_client(api.socket) as client:
+        for _ in range(70):  # more than the 64 a connection may hold at once
+            with trio.CancelScope() as scope:
+                async with await client.watch("n"):
+                    scope.cancel()
+                    await trio.sleep_forever()
+        while len(api.hub):  # the last unwatches are on their way
+            await client.status()
+        with pytest.raises(ValueError, match="buffer"):
+            await client.watch("n", buffer=0)
+        assert len(api.hub) == 0  # refused before anything was sent
+
+
+async def test_unwatch_by_id_ends_the_local_subscription(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api, open_client(api.socket) as client:
+        sub = await client.watch("n")
+        await client.unwatch(sub.id)
+        with trio.fail_after(HANG_GUARD_S):
+            assert [note async for note in sub] == []
+        assert len(api.hub) == 0
+
+
+async def test_the_reason_of_a_refusal_reaches_the_async_client(tmp_path: Path) -> None:
+    async def script(conn: Line) -> None:
+        refusal = {"code": -32000, "message": "too many connections (limit 2)"}
+        await respond(conn, None, error={**refusal, "data": {"reason": "too_many_connections"}})
+
+    async with fake_daemon(tmp_path, script) as path, open_client(path) as client:
+        # The refusal and the close arrive before any call: no request claims the error.
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ConnectionLost, match=r"too many connections \(limit 2\)"):
+            await client.status()
+
+
+def test_a_daemon_of_another_user_is_refused_at_connect() -> None:
+    path = Path("/run/x.sock")
+    refused = syncd.client.protocol.refusal(os.getuid() + 1, path)
+    assert isinstance(refused, ClientError) and refused.reason == "permission_denied"
+    assert str(os.getuid() + 1) in str(refused)
+    assert syncd.client.protocol.refusal(os.getuid(), path) is None
+
+
+def test_a_blocking_subscription_nobody_reads_ends_with_an_overflow(tmp_path: Path) -> None:
+    def script(conn: socket.socket) -> None:
+        request = read_request(conn)  # watch
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"subscription": 7}})
+        for i in range(WATCH_BUFFER + 500):
+            params = {"subscription": 7, "ns": "n", "key": f"k{i}", "value": {}}
+            send_line(conn, {"jsonrpc": "2.0", "method": "change", "params": params})
+        request = read_request(conn)  # status: it reads everything sent before the answer
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {}})
+        request = read_request(conn)  # the unwatch the overflow brings
+        assert request["method"] == "unwatch" and request["params"] == {"subscription": 7}
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}})
+        wait_closed(conn)
+
+    with thread_daemon(tmp_path, script) as path, Client(path) as client:
+        assert client.watch("n") == 7
+        assert client.status() == {}
+        notes = client.notifications()
+        got = [next(notes) for _ in range(WATCH_BUFFER + 1)]
+        assert [n["method"] for n in got[:-1]] == ["change"] * WATCH_BUFFER  # bounded
+        assert got[-1] == {"jsonrpc": "2.0", "method": "overflow", "params": {"subscription": 7}}
+
+
+def test_a_stale_blocking_client_says_the_daemon_is_gone(tmp_path: Path) -> None:
+    def script(conn: socket.socket) -> None:
+        request = read_request(conn)
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {}})
+        conn.shutdown(socket.SHUT_RDWR)  # the daemon goes away between calls
+
+    with thread_daemon(tmp_path, script) as path, Client(path) as client:
+        assert client.status() == {}
+
+        def call_until_lost() -> None:
+            for _ in range(3):  # the first send may still fit in the socket buffer
+                client.status()
+
+        with pytest.raises(ConnectionLost) as info:
+            call_until_lost()
+        assert "cut off" not in str(info.value)
+
+
+def test_timeouts_must_be_positive(tmp_path: Path) -> None:
+    with thread_daemon(tmp_path, wait_closed) as path:
+        for bad in (0, -1, math.nan, "5", True):
+            with pytest.raises(ValueError, match="timeout"):
+                Client(path, timeout=bad)  # type: ignore[arg-type]
+        with Client(path, timeout=2.5) as client, pytest.raises(ValueError, match="timeout"):
+            client.settimeout(0)

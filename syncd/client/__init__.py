@@ -47,29 +47,29 @@ from syncd.client.errors import (
     TypeMismatch,
     error_from_response,
 )
-from syncd.client.protocol import MAX_RESPONSE_LINE, default_socket
+from syncd.client.protocol import MAX_RESPONSE_LINE, WATCH_BUFFER, default_socket
 from syncd.client.sync_client import Client
 from syncd.errors import SyncdError
 
 if TYPE_CHECKING:
-    from syncd.client.async_client import (
-        WATCH_BUFFER,
-        AsyncClient,
-        AsyncSubscription,
-        open_client,
-    )
+    from syncd.client.async_client import AsyncClient, AsyncSubscription, open_client
+else:
 
-_ASYNC_NAMES = frozenset({"WATCH_BUFFER", "AsyncClient", "AsyncSubscription", "open_client"})
+    def __getattr__(name: str) -> Any:
+        # The trio client is imported on first use: importing trio takes longer than
+        # everything else the CLI needs, and the blocking client does not use it. (Only at
+        # run time: type checkers see the imports above, and so catch misspelt names.)
+        if name in _ASYNC_NAMES:
+            from syncd.client import async_client
+
+            return getattr(async_client, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | _ASYNC_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    # The trio client is imported on first use: importing trio takes longer than everything
-    # else the CLI needs, and the blocking client does not use it.
-    if name in _ASYNC_NAMES:
-        from syncd.client import async_client
-
-        return getattr(async_client, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_ASYNC_NAMES = frozenset({"AsyncClient", "AsyncSubscription", "open_client"})
 
 
 __all__ = [

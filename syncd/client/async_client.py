@@ -8,6 +8,7 @@ import builtins
 import math
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -26,12 +27,15 @@ from syncd.client.errors import (
 from syncd.client.protocol import (
     MAX_RESPONSE_LINE,
     RECEIVE_CHUNK,
+    WATCH_BUFFER,
     Correlator,
     call_allowance,
+    check_timeout,
     device_list,
     encode_tail,
     not_running,
     parse_line,
+    refusal,
     request_line,
     resolve_socket,
     result_field,
@@ -40,9 +44,6 @@ from syncd.client.protocol import (
     trust_params,
 )
 from syncd.daemon.unixsock import short_address
-
-WATCH_BUFFER = 1024
-"""Notifications an :class:`AsyncSubscription` buffers before it ends with an overflow."""
 
 
 class _Slot:
@@ -124,8 +125,14 @@ class AsyncSubscription:
         if active:
             # NotFound: the daemon ended it meanwhile (overflow); ConnectionLost: so did the
             # connection. Either way it is gone, which is what was asked.
-            with suppress(NotFound, ConnectionLost):
-                await self.client.unwatch(self.id)
+            try:
+                with suppress(NotFound, ConnectionLost):
+                    await self.client._call("unwatch", {"subscription": self.id})
+            except trio.Cancelled:
+                # Closed from a cancelled scope (`async with` left by move_on_after): the
+                # daemon must still hear of it, or the subscription would live on there.
+                self.client._unwatch_soon(self.id)
+                raise
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
@@ -140,10 +147,11 @@ class AsyncSubscription:
 
 
 class AsyncClient:
-    """A trio client from :func:`open_client`; concurrent calls are pipelined on one
-    connection. ``timeout`` (seconds, None: none) bounds each call, which then raises
-    :class:`CallTimeout`; the connection stays usable (the request line is always sent
-    whole, even when the call is cancelled)."""
+    """A trio client from :func:`open_client` (only: its reader runs in that block's
+    nursery); concurrent calls are pipelined on one connection. ``timeout`` (seconds, None:
+    none) bounds each call, which then raises :class:`CallTimeout`; the connection stays
+    usable (a cancelled call still sends the rest of its request line), unless the deadline
+    itself cut a request line short: then later calls raise :class:`ConnectionLost`."""
 
     def __init__(self, stream: trio.SocketStream, path: Path, timeout: float | None = None) -> None:
         self.stream = stream
@@ -156,6 +164,7 @@ class AsyncClient:
         self._send_lock = trio.Lock()
         self._unusable: str | None = None  # why no more requests can be sent
         self._nursery: trio.Nursery | None = None  # for unwatching overflowed subscriptions
+        self._unclaimed: str | None = None  # an error no request was waiting for (a refusal)
 
     @property
     def _closed(self) -> bool:
@@ -257,6 +266,8 @@ class AsyncClient:
                     reason = str(exc)
                     break
         finally:
+            if self._unclaimed is not None:
+                reason = f"{reason}: {self._unclaimed}"
             self._lose(reason)
 
     def _lose(self, reason: str) -> None:
@@ -278,6 +289,9 @@ class AsyncClient:
             return
         owner = self._corr.route(msg["id"], "error" in msg)
         if owner is None:
+            error = msg.get("error")
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                self._unclaimed = error["message"]  # e.g. too many connections, then a close
             return
         slot = self._pending.pop(owner, None)
         if slot is None:
@@ -355,6 +369,8 @@ class AsyncClient:
     ) -> AsyncSubscription:
         """``watch``: a subscription buffering up to ``buffer`` notifications (see
         :class:`AsyncSubscription`)."""
+        if type(buffer) is not int or buffer < 1:
+            raise ValueError(f"buffer must be a positive int, not {buffer!r}")
         made: builtins.list[AsyncSubscription] = []
 
         def register(result: Any) -> AsyncSubscription:
@@ -376,8 +392,20 @@ class AsyncClient:
         return sub
 
     async def unwatch(self, subscription: int) -> None:
-        """``unwatch`` by id (:meth:`AsyncSubscription.aclose` is the usual way)."""
-        await self.call("unwatch", subscription=subscription)
+        """``unwatch`` by id (:meth:`AsyncSubscription.aclose` is the usual way); its
+        :class:`AsyncSubscription`, if any, ends too."""
+        try:
+            await self.call("unwatch", subscription=subscription)
+        except NotFound:
+            self._end_subscription(subscription)  # the daemon had ended it already
+            raise
+        self._end_subscription(subscription)
+
+    def _end_subscription(self, sub_id: int) -> None:
+        sub = self._subs.pop(sub_id, None)
+        if sub is not None:
+            sub._closed = True
+            sub._end()
 
     async def peers(self) -> dict[str, Any]:
         """``peers``: ``{peers: [{id, name, trusted, connected, addresses, last_seen}],
@@ -412,7 +440,9 @@ class AsyncClient:
         return result_object(await self.call("sync", **sync_params(ns, timeout_s)), "sync")
 
 
-async def _connect(path: Path, limit_s: float | None) -> trio.SocketStream:
+async def _connect(
+    path: Path, limit_s: float | None, home: str | os.PathLike[str] | None
+) -> trio.SocketStream:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with trio.move_on_after(math.inf if limit_s is None else limit_s) as scope:
@@ -420,20 +450,19 @@ async def _connect(path: Path, limit_s: float | None) -> trio.SocketStream:
                 await sock.connect(addr)
     except OSError as exc:
         sock.close()
-        raise not_running(path, exc) from None
+        raise not_running(path, exc, home) from None
     except BaseException:
         sock.close()
         raise
     if scope.cancelled_caught:
         sock.close()
         raise CallTimeout(f"connecting to {path} timed out after {limit_s} s")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    refused = refusal(struct.unpack("3i", creds)[1], path)
+    if refused is not None:
+        sock.close()
+        raise refused
     return trio.SocketStream(sock)
-
-
-def _only_from_body(group: BaseExceptionGroup[BaseException], body: BaseException) -> bool:
-    """Whether ``group`` holds ``body`` and nothing else but cancellations."""
-    members = group.exceptions
-    return body in members and all(e is body or isinstance(e, trio.Cancelled) for e in members)
 
 
 @asynccontextmanager
@@ -447,30 +476,24 @@ async def open_client(
     else the default); the connection closes when the block exits, and an exception raised in
     the block propagates unchanged."""
     path = resolve_socket(socket_path, home)
-    stream = await _connect(path, timeout)
+    stream = await _connect(path, check_timeout(timeout), home)
     client = AsyncClient(stream, path, timeout)
     body_error: BaseException | None = None
     try:
-        try:
-            async with trio.open_nursery() as nursery:
-                client._nursery = nursery
-                nursery.start_soon(client._reader)
-                try:
-                    yield client
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    client._lose(f"the client of {path} is closed")
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The nursery wraps even a lone exception of the block in a group.
-            if body_error is None or not _only_from_body(group, body_error):
-                raise
-        else:
-            return
+        async with trio.open_nursery() as nursery:
+            client._nursery = nursery
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            except BaseException as exc:
+                # Raised below, outside the nursery: inside, it would come out wrapped in
+                # the nursery's group (and a group of the block's own, in another one).
+                body_error = exc
+            finally:
+                client._lose(f"the client of {path} is closed")
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
-    # Raised outside the except clause, so the group does not become its __context__.
-    raise body_error
+    if body_error is not None:
+        raise body_error

@@ -37,12 +37,17 @@ class RemoteError(ClientError):
     """An error response: ``code``, ``message``, ``data`` (with ``reason`` for -32000)."""
 
     code = 0
+    reason = "remote_error"
 
     def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
         data = data or {}
         super().__init__(message, reason=str(data.get("reason", self.reason)))
         self.code = code
         self.data = data
+
+    def __repr__(self) -> str:
+        message = str(self.args[0]) if self.args else ""
+        return f"{type(self).__name__}({self.code}, {message!r}, {self.data!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         message = str(self.args[0]) if self.args else ""
@@ -88,25 +93,37 @@ class ApplicationError(RemoteError):
 class NotFound(ApplicationError):
     """``not_found``."""
 
+    reason = "not_found"
+
 
 class NotTrusted(ApplicationError):
     """``not_trusted``."""
+
+    reason = "not_trusted"
 
 
 class TypeMismatch(ApplicationError):
     """``type_mismatch``."""
 
+    reason = "type_mismatch"
+
 
 class InvalidPath(ApplicationError):
     """``invalid_path``."""
+
+    reason = "invalid_path"
 
 
 class TooLarge(ApplicationError):
     """``too_large`` (also a request line over the daemon's size limit)."""
 
+    reason = "too_large"
+
 
 class Timeout(ApplicationError):
     """``timeout`` (reported by the daemon; the client's own is :class:`CallTimeout`)."""
+
+    reason = "timeout"
 
 
 _BY_CODE: dict[int, type[RemoteError]] = {

@@ -21,6 +21,9 @@ from syncd.paths import resolve_paths
 MAX_RESPONSE_LINE = 1 << 30
 """The longest response line a client accepts; a longer one breaks the connection."""
 RECEIVE_CHUNK = 1 << 16
+WATCH_BUFFER = 1024
+"""Notifications a subscription buffers in the client (per subscription, in both clients)
+before it ends with an overflow, as the daemon's own queue does."""
 SYNC_DEFAULT_TIMEOUT_S = 30.0  # the daemon's default ``timeout_s`` of ``sync``
 UNORDERED_METHODS = frozenset(("sync",))  # responses that do not keep the request order
 
@@ -29,7 +32,8 @@ UNORDERED_METHODS = frozenset(("sync",))  # responses that do not keep the reque
 
 
 def default_socket() -> Path:
-    """The socket of the instance selected by the environment (``SYNCD_HOME``, XDG, ...)."""
+    """The socket of the instance the environment selects: ``SYNCD_SOCKET``, else that of
+    ``SYNCD_HOME``, else the XDG (or systemd) runtime directory's."""
     return resolve_paths().socket
 
 
@@ -42,13 +46,39 @@ def resolve_socket(
         if not os.fspath(home):
             raise ValueError("home must not be empty")
         return resolve_paths(home).daemon_socket  # what `syncd --home HOME run` binds
+    if socket_path is not None and not os.fspath(socket_path):
+        raise ValueError("the socket path must not be empty")
     return Path(socket_path) if socket_path is not None else default_socket()
 
 
-def not_running(path: Path, exc: OSError) -> ClientError:
+def check_timeout(timeout: float | None) -> float | None:
+    """A client's ``timeout``: None (wait forever) or a positive number of seconds."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return timeout
+
+
+def refusal(peer_uid: int, path: Path) -> ClientError | None:
+    """The error for a daemon that will refuse this process (it serves its own uid only)."""
+    me = os.getuid()
+    if peer_uid == me:
+        return None
+    return ClientError(
+        f"permission denied: the daemon at {path} runs as uid {peer_uid} and accepts only "
+        f"its own user's connections (this is uid {me})",
+        reason="permission_denied",
+    )
+
+
+def not_running(path: Path, exc: OSError, home: str | os.PathLike[str] | None) -> ClientError:
     if isinstance(exc, PermissionError):
         return ClientError(f"permission denied connecting to {path}", reason="permission_denied")
-    return DaemonNotRunning(f"no syncd daemon is running at {path} (start one with `syncd run`)")
+    start = "syncd run" if home is None else f"syncd --home {os.fspath(home)} run"
+    return DaemonNotRunning(f"no syncd daemon is running at {path} (start one with `{start}`)")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

@@ -13,11 +13,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from syncd.client import protocol
-from syncd.client.errors import CallTimeout, ConnectionLost, error_from_response
-from syncd.daemon.unixsock import connect_unix
+from syncd.client.errors import CallTimeout, ClientError, ConnectionLost, error_from_response
+from syncd.daemon.unixsock import connect_unix, peer_uid
 
 
 class _Expired(Exception):
@@ -42,13 +42,17 @@ class Client:
         timeout: float | None = None,
     ) -> None:
         self.path = protocol.resolve_socket(socket_path, home)
-        self.timeout = timeout
+        self.timeout = protocol.check_timeout(timeout)
         try:
             self._sock = connect_unix(self.path, timeout)
         except TimeoutError:
             raise CallTimeout(f"connecting to {self.path} timed out after {timeout} s") from None
         except OSError as exc:
-            raise protocol.not_running(self.path, exc) from None
+            raise protocol.not_running(self.path, exc, home) from None
+        refused = protocol.refusal(peer_uid(self._sock), self.path)
+        if refused is not None:
+            self._sock.close()
+            raise refused
         self._sock.setblocking(False)
         self._corr = protocol.Correlator()
         self._send_lock = threading.Lock()
@@ -58,11 +62,14 @@ class Client:
         self._waiting: set[int] = set()
         self._results: dict[int, dict[str, Any]] = {}
         self._notifications: deque[dict[str, Any]] = deque()
+        self._queued: dict[int, int] = {}  # notifications buffered, per subscription
+        self._overflowed: set[int] = set()  # ended here: buffer full (or by the daemon)
+        self._unwatch_after: set[int] = set()  # to unwatch once its overflow is handed out
         self._broken: str | None = None
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no newline
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -81,7 +88,7 @@ class Client:
 
     def settimeout(self, seconds: float | None) -> None:
         """Set the timeout of later calls (as the ``timeout`` argument does)."""
-        self.timeout = seconds
+        self.timeout = protocol.check_timeout(seconds)
 
     def _break(self, reason: str) -> None:
         with self._cond:
@@ -156,6 +163,9 @@ class Client:
                     exact = True
                     self._wait_ready(select.POLLOUT, deadline)
                     continue
+                except OSError:
+                    exact = True  # a send() that fails wrote nothing
+                    raise
                 sent += count
                 exact = True
         except BaseException as exc:
@@ -244,20 +254,60 @@ class Client:
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         if "id" not in msg:
-            self._notifications.append(msg)
+            self._buffer_notification(msg)
             return
         owner = self._corr.route(msg["id"], "error" in msg)
         if owner is not None and owner in self._waiting:
             self._results[owner] = msg
 
+    def _buffer_notification(self, msg: dict[str, Any]) -> None:
+        """Queue a notification, at most :data:`WATCH_BUFFER` per subscription: one whose
+        reader falls that far behind ends with an ``overflow`` (as the daemon ends one)."""
+        params = msg.get("params")
+        sub = params.get("subscription") if isinstance(params, dict) else None
+        if not isinstance(sub, int):
+            self._notifications.append(msg)
+            return
+        if sub in self._overflowed:
+            return  # ended: what still comes before the daemon hears of it is dropped
+        if msg.get("method") == "overflow":
+            self._overflowed.add(sub)
+        elif self._queued.get(sub, 0) >= protocol.WATCH_BUFFER:
+            self._overflowed.add(sub)
+            self._unwatch_after.add(sub)
+            msg = {"jsonrpc": "2.0", "method": "overflow", "params": {"subscription": sub}}
+        self._queued[sub] = self._queued.get(sub, 0) + 1
+        self._notifications.append(msg)
+
     def _next_notification(self) -> dict[str, Any] | None:
-        return self._notifications.popleft() if self._notifications else None
+        if not self._notifications:
+            return None
+        msg = self._notifications.popleft()
+        params = msg.get("params")
+        sub = params.get("subscription") if isinstance(params, dict) else None
+        if isinstance(sub, int) and sub in self._queued:
+            self._queued[sub] -= 1
+            if not self._queued[sub]:
+                del self._queued[sub]
+        return msg
 
     def notifications(self) -> Iterator[dict[str, Any]]:
         """Notifications (``{"method": "change"|"overflow", "params": {...}}``), blocking,
-        without the timeout; :class:`ConnectionLost` when the connection ends."""
+        without the timeout; :class:`ConnectionLost` when the connection ends.
+
+        Each subscription buffers at most :data:`~syncd.client.WATCH_BUFFER` notifications
+        here; one whose notifications are not read (a program that watches and keeps calling)
+        ends with an ``overflow`` notification, as when the daemon ends it: watch again with
+        ``initial=True`` to catch up.
+        """
         while True:
-            yield self._await(self._next_notification, None, "notifications")
+            msg = self._await(self._next_notification, None, "notifications")
+            sub = (msg.get("params") or {}).get("subscription")
+            if msg.get("method") == "overflow" and sub in self._unwatch_after:
+                self._unwatch_after.discard(sub)
+                with suppress(ClientError):  # ended here: the daemon must stop sending it
+                    self.call("unwatch", subscription=sub)
+            yield msg
 
     # typed methods ---------------------------------------------------------------------------
 
