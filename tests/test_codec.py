@@ -177,3 +177,20 @@ def test_any_delta_that_decodes_joins_without_crashing(seed: int, data: st.DataO
     target.join(hostile)
     target.render()
     decode_document(encode_document(target))
+
+
+def test_stored_documents_are_read_with_more_room_than_peers_get() -> None:
+    # A document an older version let nest deeper than the limit (built here past the
+    # checks) is refused from a peer but still read from this device's own database.
+    from syncd.crdt import ops as O
+    from syncd.crdt.codec import decode_stored
+
+    doc, counter = Document(), DotCounter("r1")
+    deep: object = 1
+    for _ in range(20):
+        deep = {"d": deep}
+    doc.patch([O.Set(("a",) * 30, deep)], counter)
+    data = encode_document(doc)
+    with pytest.raises(CodecError, match=r"too deep|nest"):
+        decode_document(data)
+    assert decode_stored(data).render() == doc.render()

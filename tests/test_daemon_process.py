@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -258,6 +259,31 @@ def test_a_daemon_whose_socket_was_deleted_is_not_reported_as_absent(home: Path)
     )
     assert out.returncode == 3
     assert "no syncd daemon is running" in out.stderr  # stopped: the lock is free again
+
+
+def test_a_damaged_document_does_not_stop_a_watch_or_the_daemon(home: Path) -> None:
+    with daemon_process(home) as d:
+        c = RawConn(d.socket)
+        c.result("put", ns="n", key="bad", value={"v": 1})
+        c.result("put", ns="n", key="good", value={"v": 2})
+        c.close()
+        assert d.stop() == 0
+    with sqlite3.connect(home / "syncd.db") as db:  # damage one document's stored state
+        db.execute("UPDATE docs SET state = x'00' WHERE key = 'bad'")
+    with daemon_process(home) as d:
+        c = RawConn(d.socket)
+        try:
+            rid = c.request("watch", {"ns": "n", "initial": True})
+            assert "subscription" in c.response(rid)["result"]
+            note = c.recv()
+            assert note["params"]["key"] == "good" and note["params"]["initial"] is True
+            err = c.call("get", ns="n", key="bad")["error"]
+            assert err["data"]["reason"] == "corrupt_database"
+            assert c.result("status")["device_id"]  # still serving
+        finally:
+            c.close()
+        assert d.stop() == 0
+    assert "cannot read 'bad'" in d.stderr()
 
 
 def test_debug_logging_shows_connections_and_requests(home: Path) -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.crdt import CausalContext, Document, DotCounter, encode_document, parse_ops
+from syncd.crdt import (
+    CausalContext,
+    Document,
+    DotCounter,
+    decode_document,
+    encode_document,
+    parse_ops,
+)
 from syncd.errors import InvalidOperation, PatchError
 from tests.crdt_strategies import json_objects, random_change
 
@@ -223,6 +230,27 @@ def test_too_deep_values_are_refused() -> None:
     with pytest.raises(PatchError) as info:
         doc.put({"x": deep}, c)
     assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("op", ["set", "make", "add"])
+def test_the_depth_limit_counts_the_path_too(op: str) -> None:
+    # A value that fits alone may not fit where it is written: the stored document would
+    # nest deeper than a peer (or this device, reading it back) accepts.
+    deep_path = ["a"] * 32
+    two_levels = {"b": {"c": 1}}
+    raw = {"op": op, "path": deep_path, "value": two_levels}
+    if op == "make":
+        raw["type"] = "register"
+    with pytest.raises(PatchError) as info:
+        parse_ops([raw])
+    assert info.value.reason == "too_large"
+    assert "path of 32 levels" in str(info.value)
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "set", "path": ["a"] * 31, "value": two_levels})  # 31 + 2 fits
+    patch(doc, c, {"op": "set", "path": deep_path, "value": {"b": 1}})  # 32 + 1 fits
+    with pytest.raises(PatchError):
+        patch(doc, c, {"op": "insert", "path": ["l", *deep_path[1:]], "index": 0, "values": [[1]]})
+    assert decode_document(encode_document(doc)).render() == doc.render()  # readable
 
 
 # -- merge rules -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -364,13 +363,13 @@ def test_100k_documents_open_and_one_get_loads_one(
         for i in range(100_000):
             s.apply_local("big", f"doc{i:06d}", Put({"i": i}))
     decoded: list[int] = []
-    real = replica_core.decode_document  # type: ignore[attr-defined]
+    real = replica_core.decode_stored  # type: ignore[attr-defined]
 
-    def counting(data: bytes, **options: Any) -> Document:
+    def counting(data: bytes) -> Document:
         decoded.append(len(data))
-        return real(data, **options)
+        return real(data)
 
-    monkeypatch.setattr(replica_core, "decode_document", counting)
+    monkeypatch.setattr(replica_core, "decode_stored", counting)
     with Store(db) as s:
         assert s.get("big", "doc054321").value == {"i": 54321}
         assert len(decoded) == 1

@@ -1,6 +1,6 @@
 """The CRDT engine: pure delta-state CRDT documents (no I/O, no clock, no randomness)."""
 
-from syncd.crdt.codec import decode_document, encode_document
+from syncd.crdt.codec import decode_document, decode_stored, encode_document
 from syncd.crdt.context import CausalContext, Ranges
 from syncd.crdt.document import Document
 from syncd.crdt.dots import Dot, DotCounter, ReplicaId
@@ -17,6 +17,7 @@ __all__ = [
     "ReplicaId",
     "Sequence",
     "decode_document",
+    "decode_stored",
     "encode_document",
     "parse_ops",
 ]

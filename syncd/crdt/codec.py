@@ -50,7 +50,13 @@ from syncd.errors import CodecError
 FORMAT_VERSION = 1
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 MAX_REPLICA_ID = 64
-_CBOR_DEPTH = 4 * MAX_DEPTH + MAX_DEPTH + 16
+
+
+def _cbor_depth(max_depth: int) -> int:
+    """The CBOR nesting that a document of ``max_depth`` levels can need."""
+    return 5 * max_depth + 16
+
+
 _INT64 = 2**63
 _TAGS = {REGISTER: "r", COUNTER: "c", SET: "s", TEXT: "t", LIST: "l", MAP: "m"}
 _TAG_NAMES = {v: k for k, v in _TAGS.items()}
@@ -195,8 +201,8 @@ def _uint(v: Any, what: str, minimum: int = 0) -> int:
     return v
 
 
-def _check_json(v: Any, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
+def _check_json(v: Any, limit: int, depth: int = 0) -> None:
+    if depth > limit:
         raise _fail("value nests too deeply")
     t = type(v)
     if t is str or t is bool or v is None:
@@ -211,19 +217,20 @@ def _check_json(v: Any, depth: int = 0) -> None:
         return
     if t is list:
         for x in v:
-            _check_json(x, depth + 1)
+            _check_json(x, limit, depth + 1)
         return
     if t is dict:
         for k, x in v.items():
             if type(k) is not str:
                 raise _fail("object keys must be strings")
-            _check_json(x, depth + 1)
+            _check_json(x, limit, depth + 1)
         return
     raise _fail(f"{t.__name__} is not a JSON value")
 
 
 class _Reader:
-    def __init__(self, replicas: list[str], ctx: CausalContext) -> None:
+    def __init__(self, replicas: list[str], ctx: CausalContext, max_depth: int) -> None:
+        self.max_depth = max_depth
         self.replicas = replicas
         self.ctx = ctx
         self.doc = Document()
@@ -249,7 +256,7 @@ class _Reader:
         self.doc._add_atom(dot, (path, sub), value)
 
     def map(self, obj: Any, path: FieldPath) -> None:
-        if len(path) > MAX_DEPTH:
+        if len(path) > self.max_depth:
             raise _fail("maps nest too deeply")
         if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not dict:
             raise _fail("a map must be [present, fields]")
@@ -275,7 +282,7 @@ class _Reader:
                     if type(v) is not int or not -_INT64 <= v < _INT64:
                         raise _fail("counter entries must be 64-bit integers")
                 else:
-                    _check_json(v)
+                    _check_json(v, self.max_depth)
                 self.add(d, path, None, v)
         elif tag == MAP:
             self.map(obj, path)
@@ -293,7 +300,7 @@ class _Reader:
                 self.add(d, path, PRESENT)
             seen: set[str] = set()
             for i in range(0, len(obj[1]), 2):
-                _check_json(obj[1][i])
+                _check_json(obj[1][i], self.max_depth)
                 key = canonical(obj[1][i])
                 dots = self.dots(obj[1][i + 1])
                 if key in seen or not dots:
@@ -342,18 +349,37 @@ def _ctx_in(obj: Any, replicas: list[str]) -> CausalContext:
     return ctx
 
 
-def decode_document(data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
-    """Decode bytes made by :func:`encode_document`; raises only :class:`CodecError`."""
-    obj = cbor_loads(data, max_bytes=max_bytes, max_depth=_CBOR_DEPTH)
+def decode_document(
+    data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES, max_depth: int = MAX_DEPTH
+) -> Document:
+    """Decode bytes made by :func:`encode_document`; raises only :class:`CodecError`.
+
+    ``max_depth``: how deep maps and values may nest (the replica reads its own database
+    with more room than it writes, so that nothing it once stored becomes unreadable).
+    """
+    obj = cbor_loads(data, max_bytes=max_bytes, max_depth=_cbor_depth(max_depth))
     try:
-        return document_from_cbor(obj)
+        return document_from_cbor(obj, max_depth)
     except CodecError:
         raise
     except (RecursionError, MemoryError):
         raise _fail("too deep or too large") from None
 
 
-def document_from_cbor(obj: Any) -> Document:
+STORED_READ_BYTES = 4 * MAX_DOCUMENT_BYTES
+STORED_READ_DEPTH = 2 * MAX_DEPTH
+
+
+def decode_stored(data: bytes) -> Document:
+    """:func:`decode_document` for what this device stored itself (its database): writes keep
+    documents within :data:`MAX_DOCUMENT_BYTES` and :data:`MAX_DEPTH` (what a peer accepts),
+    reads allow :data:`STORED_READ_BYTES` and :data:`STORED_READ_DEPTH`, so that a document
+    whose size was estimated low, or that an older version let nest deeper, is still read
+    (and can be repaired or deleted), never lost."""
+    return decode_document(data, max_bytes=STORED_READ_BYTES, max_depth=STORED_READ_DEPTH)
+
+
+def document_from_cbor(obj: Any, max_depth: int = MAX_DEPTH) -> Document:
     """Validate and build a document from its CBOR data model."""
     if type(obj) is not list or len(obj) != 4:
         raise _fail("expected [version, replicas, context, root]")
@@ -368,7 +394,7 @@ def document_from_cbor(obj: Any) -> Document:
         raise _fail("replica table must be non-empty strings")
     if len(set(replicas)) != len(replicas):
         raise _fail("replica table has duplicates")
-    reader = _Reader(replicas, _ctx_in(obj[2], replicas))
+    reader = _Reader(replicas, _ctx_in(obj[2], replicas), max_depth)
     reader.map(obj[3], ())
     doc = reader.doc
     doc._reindex_seqs()
@@ -379,6 +405,7 @@ __all__ = [
     "FORMAT_VERSION",
     "cbor_loads",
     "decode_document",
+    "decode_stored",
     "document_from_cbor",
     "document_to_cbor",
     "encode_document",

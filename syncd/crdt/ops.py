@@ -123,6 +123,21 @@ def check_value(value: Any, what: str = "value", depth: int = 0) -> None:
         raise InvalidOperation(f"{what} holds a {t.__name__}, which is not a JSON value")
 
 
+def _check_at(value: Any, what: str, path: Path) -> None:
+    """:func:`check_value` for a value written at ``path``: the document's depth limit counts
+    the path's levels too (a stored document nests at most :data:`MAX_DEPTH` levels)."""
+    try:
+        check_value(value, what, len(path))
+    except PatchError as exc:
+        if exc.reason == "too_large" and path:
+            raise PatchError(
+                f"{what} at a path of {len(path)} levels would nest the document deeper than "
+                f"{MAX_DEPTH} levels",
+                reason="too_large",
+            ) from None
+        raise
+
+
 def _short(n: int) -> str:
     digits = str(n)
     return digits if len(digits) <= 40 else f"{digits[:12]}... ({len(digits)} characters)"
@@ -162,13 +177,13 @@ def _parse_make(i: int, raw: dict[str, Any], path: Path) -> Op:
     if t not in TYPE_NAMES:
         raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
     value = raw.get("value")
-    check_value(value, f"ops[{i}].value")
+    _check_at(value, f"ops[{i}].value", path)
     return Make(path, t, value, "value" in raw)
 
 
 def _parse_set(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_value(value, f"ops[{i}].value")
+    _check_at(value, f"ops[{i}].value", path)
     return Set(path, value)
 
 
@@ -192,13 +207,13 @@ def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
 
 def _parse_add(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_value(value, f"ops[{i}].value")
+    _check_at(value, f"ops[{i}].value", path)
     return Add(path, value)
 
 
 def _parse_remove(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    check_value(value, f"ops[{i}].value")
+    _check_at(value, f"ops[{i}].value", path)
     return Remove(path, value)
 
 
@@ -214,7 +229,7 @@ def _parse_insert(i: int, raw: dict[str, Any], path: Path) -> Op:
         raise InvalidOperation(f"ops[{i}].text must be a string")
     if not isinstance(raw["values"], list):
         raise InvalidOperation(f"ops[{i}].values must be an array")
-    check_value(raw["values"], f"ops[{i}].values")
+    _check_at(raw["values"], f"ops[{i}].values", path)
     return Insert(path, index, list(raw["values"]))
 
 

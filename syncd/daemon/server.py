@@ -53,6 +53,7 @@ from syncd.daemon.rpc import (
 )
 from syncd.daemon.store import Change, Store
 from syncd.daemon.watch import Subscription, WatchHub
+from syncd.errors import SyncdError
 
 log = logging.getLogger("syncd.api")
 
@@ -444,25 +445,35 @@ class Connection:
         self._pump_scopes.add(scope)
         try:
             with scope:
-                await announced.wait()  # the {subscription} response goes out first
-                snapshot: dict[str, int] = {}
-                if initial is not None:
-                    await self._send_snapshot(sub, initial, snapshot)
-                while True:
-                    await sub.wait()
-                    if sub.closed:
-                        return
-                    if sub.overflowed:
-                        self.unwatch(sub.id)
-                        log.info("watch subscription %d overflowed; ended", sub.id)
-                        await self._emit(encode_notification("overflow", {"subscription": sub.id}))
-                        return
-                    for seq, change in sub.drain():
-                        if snapshot and snapshot.get(change.key, 0) >= seq:
-                            continue  # older than what the snapshot already sent
-                        await self._emit(encode_notification("change", _change_params(sub, change)))
+                await self._pump_changes(sub, initial, announced)
+        except Exception:  # a bug: this subscription ends, the daemon and its clients go on
+            log.exception("watch subscription %d failed; ended", sub.id)
+            if self.unwatch(sub.id):
+                with contextlib.suppress(Exception):
+                    await self._emit(encode_notification("overflow", {"subscription": sub.id}))
         finally:
             self._pump_scopes.discard(scope)
+
+    async def _pump_changes(
+        self, sub: Subscription, initial: list[str] | None, announced: trio.Event
+    ) -> None:
+        await announced.wait()  # the {subscription} response goes out first
+        snapshot: dict[str, int] = {}
+        if initial is not None:
+            await self._send_snapshot(sub, initial, snapshot)
+        while True:
+            await sub.wait()
+            if sub.closed:
+                return
+            if sub.overflowed:
+                self.unwatch(sub.id)
+                log.info("watch subscription %d overflowed; ended", sub.id)
+                await self._emit(encode_notification("overflow", {"subscription": sub.id}))
+                return
+            for seq, change in sub.drain():
+                if snapshot and snapshot.get(change.key, 0) >= seq:
+                    continue  # older than what the snapshot already sent
+                await self._emit(encode_notification("change", _change_params(sub, change)))
 
     async def _send_snapshot(
         self, sub: Subscription, keys: list[str], snapshot: dict[str, int]
@@ -475,7 +486,11 @@ class Connection:
             if sub.closed or sub.overflowed:
                 return
             snapshot[key] = self.server.hub.seq
-            doc = await store.get(sub.ns, key)
+            try:
+                doc = await store.get(sub.ns, key)
+            except SyncdError as exc:  # a damaged document: the others are still sent
+                log.error("watch subscription %d: cannot read %r: %s", sub.id, key, exc)
+                continue
             if doc.exists:
                 change = Change(sub.ns, key, doc.value, False, "local")
                 await self._emit(encode_notification("change", _change_params(sub, change, True)))

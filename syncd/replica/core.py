@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from syncd.crdt import CausalContext, Document, DotCounter, decode_document, encode_document
+from syncd.crdt import CausalContext, Document, DotCounter, decode_stored, encode_document
 from syncd.crdt.codec import MAX_DOCUMENT_BYTES
 from syncd.errors import CodecError, PatchError
 from syncd.replica import doclog, ranges, schema
@@ -32,10 +32,6 @@ from syncd.replica.model import (
 )
 
 T = TypeVar("T")
-STORED_READ_LIMIT = 4 * MAX_DOCUMENT_BYTES
-"""The largest stored state or delta read back from the database. Writes keep documents under
-:data:`MAX_DOCUMENT_BYTES` (the most a peer accepts); reading allows more, so that a document
-whose size was estimated a little low is still read, never lost."""
 DEFAULT_CACHE_ITEMS = 4096
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 PREFETCH_CHUNK = 64
@@ -326,7 +322,7 @@ class StoreCore:
 
     def _decode(self, nss: NamespaceState, key: str, state: bytes) -> Document:
         try:
-            return decode_document(state, max_bytes=STORED_READ_LIMIT)
+            return decode_stored(state)
         except CodecError as exc:
             raise CorruptDatabaseError(
                 f"{self.path}: document {key!r} of namespace {nss.name!r} is unreadable: {exc}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from syncd.crdt import Document, decode_document
+from syncd.crdt import Document, decode_stored
 
 LOG_MIN_STATE_BYTES = 16 * 1024
 """Documents whose stored state is smaller are rewritten whole (one page or a few)."""
@@ -52,7 +52,7 @@ def load(conn: sqlite3.Connection, doc_ids: Iterable[int]) -> dict[int, list[tup
 def replay(doc: Document, rows: list[tuple[int, bytes]]) -> None:
     """Join the logged deltas into ``doc`` (its base); raises ``CodecError`` on a bad blob."""
     for _, blob in rows:
-        doc.join(decode_document(blob))
+        doc.join(decode_stored(blob))
 
 
 def fits(

@@ -12,7 +12,7 @@ import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 
-from syncd.crdt import CausalContext, Ranges, decode_document
+from syncd.crdt import CausalContext, Ranges, decode_stored
 from syncd.errors import CodecError
 
 Span = tuple[int, int]
@@ -170,7 +170,7 @@ def build_index(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM dot_index")
     for doc_id, ns_id, state in conn.execute("SELECT doc_id, ns_id, state FROM docs").fetchall():
         try:
-            doc = decode_document(bytes(state))
+            doc = decode_stored(bytes(state))
         except CodecError as exc:
             raise CodecError(f"document {doc_id} does not decode: {exc}") from exc
         for replica, lo, hi in doc.ctx.ranges():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from syncd.crdt import CausalContext, decode_document
+from syncd.crdt import CausalContext, decode_stored
 from syncd.errors import CodecError
 from syncd.replica import doclog
 from syncd.replica.ranges import implicit_rids, own_top
@@ -50,7 +50,7 @@ def _check(conn: sqlite3.Connection) -> list[str]:
         "SELECT doc_id, ns_id, key, live, state FROM docs"
     ):
         try:
-            doc = decode_document(bytes(state))
+            doc = decode_stored(bytes(state))
             doclog.replay(doc, sorted(logs.pop(doc_id, [])))
         except CodecError as exc:
             problems.append(f"document {key!r} (ns {ns_id}) does not decode: {exc}")
