@@ -62,6 +62,7 @@ async def running_api(home: Path, limits: ApiConfig | None = None) -> AsyncItera
     async with open_replica(home / "syncd.db") as replica:
         store = ReplicaStore(replica)
         hub = WatchHub()
+        store.set_value_filter(hub.wants)  # as syncd run does
         remove = store.add_change_listener(hub.publish)
         service = Service(store, NoNetwork(), identity.device_id, lambda: "test", lambda: "x:1")
         server = ApiServer(service, hub, lambda: limits)

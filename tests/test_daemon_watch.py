@@ -10,6 +10,8 @@ import trio
 
 from syncd.client import AsyncClient, InvalidParams, NotFound, open_client
 from syncd.config import ApiConfig
+from syncd.crdt import Document
+from syncd.daemon.store import Change
 from tests.daemon_harness import Line, line_connection, request_line, running_api
 
 
@@ -186,3 +188,39 @@ async def test_async_client_pipelines_and_watches(tmp_path: Path) -> None:
 
 async def put(client: AsyncClient, i: int) -> None:
     assert await client.call("put", ns="n", key=f"k{i}", value={"i": i}) == {"ok": True}
+
+
+async def test_values_are_rendered_only_for_changes_a_watcher_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rendering a large text at every keystroke cost a copy per change (1 GB for fast typing
+    # into a 3 MB note); nobody looks at it unless a watcher shows that key.
+    renders: list[int] = []
+    real = Document.render
+
+    def counting(doc: Document) -> Any:
+        renders.append(1)
+        return real(doc)
+
+    monkeypatch.setattr(Document, "render", counting)
+    async with (
+        running_api(tmp_path) as api,
+        line_connection(api.socket) as c,
+        line_connection(api.socket) as w,
+    ):
+        for i in range(5):
+            await c.call("put", {"ns": "n", "key": "b", "value": {"i": i}})
+        assert renders == []
+        sub = (await w.call("watch", {"ns": "n", "prefix": "a"}))["result"]["subscription"]
+        await c.call("put", {"ns": "n", "key": "b", "value": {"i": 9}})
+        await c.call("put", {"ns": "n", "key": "a", "value": {"i": 1}})
+        assert len(renders) == 1  # only "a", which the watcher shows
+        note = await next_notification(w)
+        assert note["params"]["value"] == {"i": 1}
+        await w.call("unwatch", {"subscription": sub})
+        await w.call("watch", {"ns": "n"})
+        # A change committed unrendered as the subscription started shows the current value.
+        api.hub.publish(Change("n", "b", None, False, "local"))
+        note = await next_notification(w)
+        assert note["params"]["key"] == "b" and note["params"]["value"] == {"i": 9}
+        assert note["params"]["deleted"] is False

@@ -520,3 +520,15 @@ def test_a_document_never_grows_past_the_size_limit(
         assert set(s.get("n", "k").value or {}) == {"a", "b"}
         assert s.get("n", "other").value == {"ok": True}
     assert check_database(db) == []
+
+
+def test_changes_carry_a_value_only_when_wanted(db: Path) -> None:
+    with Store(db) as s:
+        s.wants_value = lambda ns, key: key.startswith("w")
+        shown = s.apply_local("n", "w1", Put({"a": 1}))
+        quiet = s.apply_local("n", "x1", Put({"a": 1}))
+        gone = s.apply_local("n", "x1", Delete())
+        assert (shown.value, shown.exists, shown.deleted) == ({"a": 1}, True, False)
+        assert (quiet.value, quiet.exists, quiet.deleted) == (None, True, False)
+        assert (gone.value, gone.exists, gone.deleted) == (None, False, True)
+        assert s.get("n", "x1").value is None and s.get("n", "w1").value == {"a": 1}

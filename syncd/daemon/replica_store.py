@@ -91,6 +91,10 @@ class ReplicaStore:
         """Whether the replica runs its groups on the event loop (fast commits)."""
         return self.replica.commits_fast
 
+    def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
+        """Render values only for the changes ``wants``."""
+        self.replica.set_value_filter(wants)
+
     def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Forward the replica's committed changes."""
 

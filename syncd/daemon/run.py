@@ -249,6 +249,7 @@ async def _serve(
         log.info("ignoring --socket/$SYNCD_SOCKET %s: it is for clients", paths.socket)
     async with store_factory(paths, identity) as store:
         hub = WatchHub()
+        store.set_value_filter(hub.wants)  # render a change only for a watcher that shows it
         remove_listener = store.add_change_listener(hub.publish)
         service = Service(
             store,

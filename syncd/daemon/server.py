@@ -473,7 +473,20 @@ class Connection:
             for seq, change in sub.drain():
                 if snapshot and snapshot.get(change.key, 0) >= seq:
                     continue  # older than what the snapshot already sent
+                if change.value is None and not change.deleted:
+                    # Made while no subscription wanted its value (this one started as the
+                    # change was being committed): show the current document instead.
+                    change = await self._current(change)
                 await self._emit(encode_notification("change", _change_params(sub, change)))
+
+    async def _current(self, change: Change) -> Change:
+        """``change`` with the document's current value (what a later change would show)."""
+        try:
+            doc = await self.server.service.store.get(change.ns, change.key)
+        except SyncdError as exc:
+            log.error("watch: cannot read %r: %s", change.key, exc)
+            return change
+        return Change(change.ns, change.key, doc.value, not doc.exists, change.origin)
 
     async def _send_snapshot(
         self, sub: Subscription, keys: list[str], snapshot: dict[str, int]

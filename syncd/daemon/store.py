@@ -121,6 +121,11 @@ class Store(Protocol):
         """
         ...
 
+    def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
+        """Give changes a ``value`` only when ``wants(ns, key)`` (any thread; quick); the others
+        carry ``value`` None and ``deleted`` still right. None: every change."""
+        ...
+
     def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` (in the trio thread, must not block) after every committed change.
 

@@ -72,6 +72,15 @@ class WatchHub:
         self._subs: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
         self._seq = 0
+        self._interests: tuple[tuple[str, str], ...] = ()  # (ns, prefix) of every subscription
+
+    def wants(self, ns: str, key: str) -> bool:
+        """Whether some subscription would show a change of ``ns``/``key`` (so the store
+        renders its value). Safe from any thread: it reads one immutable snapshot."""
+        return any(ns == n and key.startswith(p) for n, p in self._interests)
+
+    def _update_interests(self) -> None:
+        self._interests = tuple({(s.ns, s.prefix) for s in self._subs.values()})
 
     @property
     def seq(self) -> int:
@@ -82,11 +91,13 @@ class WatchHub:
         """Register a new subscription."""
         sub = Subscription(next(self._ids), ns, prefix, limit)
         self._subs[sub.id] = sub
+        self._update_interests()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove and close a subscription."""
         self._subs.pop(sub.id, None)
+        self._update_interests()
         sub.close()
 
     def publish(self, change: Change) -> None:

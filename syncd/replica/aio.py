@@ -301,6 +301,12 @@ class AsyncReplica:
         self._subscriptions.add(sub)
         return sub
 
+    def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
+        """Render the ``value`` of a change only when ``wants(ns, key)`` (see
+        ``Store.wants_value``; it is called on the writer thread too, so it must be
+        thread-safe and quick); None: always."""
+        self._writer.store.wants_value = wants
+
     def add_change_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(change)`` in the trio thread after every commit, in commit order.
 

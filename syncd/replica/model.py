@@ -42,8 +42,10 @@ class Change:
     Treat it, and its ``delta``, as read-only: the same object goes to every listener.
     ``delta`` is what a peer must join to get the change (None when the write changed
     nothing, e.g. deleting an absent document). ``value`` is the
-    document rendered after the change (None when deleted or absent). ``dots`` is, for a
-    local change, the range of counters it took from this replica's dot counter.
+    document rendered after the change (None when deleted or absent, or when the store was
+    told nobody wants it: ``Store.wants_value``). ``dots`` is, for a local change, the range of
+    counters it took from this replica's dot counter. ``exists``: whether the document exists
+    after the change.
     """
 
     ns: str
@@ -53,11 +55,12 @@ class Change:
     existed: bool
     delta: Document | None
     dots: tuple[int, int] | None = None
+    exists: bool = True
 
     @property
     def deleted(self) -> bool:
         """True when the document does not exist after the change."""
-        return self.value is None
+        return not self.exists
 
 
 @dataclass(frozen=True, slots=True)

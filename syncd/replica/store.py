@@ -71,7 +71,7 @@ class Store(StoreCore):
         doc = entry.doc
         existed = doc.exists()
         if isinstance(write, Delete) and not existed:
-            return Change(ns, key, None, LOCAL, False, None)
+            return Change(ns, key, None, LOCAL, False, None, exists=False)
         counter = self._counter(nss)
         before = counter.next
         self.poisoned = True
@@ -97,12 +97,21 @@ class Store(StoreCore):
             changed = False
         if changed:
             self._encode_change(entry, delta)  # raises (poisoned) if the document is too large
-        change = Change(ns, key, doc.render(), LOCAL, existed, delta, taken)
+        change = Change(
+            ns, key, self._rendered(ns, key, doc), LOCAL, existed, delta, taken, doc.exists()
+        )
         if changed:
             self._changes.append(change)
         self.poisoned = False
         self._hook("applied")
         return change
+
+    def _rendered(self, ns: str, key: str, doc: Document) -> dict[str, Any] | None:
+        """The document as a change shows it, if anyone wants it (:attr:`wants_value`): a
+        rendering costs time and memory in proportion to the document (a large text per
+        keystroke), so it is made only for changes someone will look at."""
+        wants = self.wants_value
+        return doc.render() if wants is None or wants(ns, key) else None
 
     def apply_remote(
         self, ns: str, deltas: Sequence[tuple[str, Document]], origin: str
@@ -146,7 +155,11 @@ class Store(StoreCore):
                     raise InvalidDeltaError(f"delta for {key!r} refused: {exc}") from None
                 new = delta.delta_since(before) or Document()
                 out.append((key, new))
-                self._changes.append(Change(ns, key, entry.doc.render(), origin, existed, new))
+                doc = entry.doc
+                value = self._rendered(ns, key, doc)
+                self._changes.append(
+                    Change(ns, key, value, origin, existed, new, None, doc.exists())
+                )
         self.poisoned = False
         return out
 
