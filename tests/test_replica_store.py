@@ -532,3 +532,24 @@ def test_changes_carry_a_value_only_when_wanted(db: Path) -> None:
         assert (quiet.value, quiet.exists, quiet.deleted) == (None, True, False)
         assert (gone.value, gone.exists, gone.deleted) == (None, False, True)
         assert s.get("n", "x1").value is None and s.get("n", "w1").value == {"a": 1}
+
+
+def test_a_logged_document_that_fits_is_not_refused_for_its_log(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Base plus log overstate a document whose values were overwritten; a write that fits
+    # was refused, and so was every later one: deleting the document did not help either.
+    monkeypatch.setattr(replica_core, "MAX_DOCUMENT_BYTES", 20_000)
+    with Store(db, log_min_bytes=1_000) as s:
+        s.apply_local("n", "k", Put({"a": "x" * 12_000}))
+        for i in range(3):  # overwrite it with small values: logged, the base stays
+            s.apply_local("n", "k", Patch([{"op": "set", "path": ["a"], "value": f"v{i}"}]))
+        s.apply_local("n", "k", Patch([{"op": "set", "path": ["b"], "value": "y" * 12_000}]))
+        assert s.get("n", "k").value == {"a": "v2", "b": "y" * 12_000}
+        s.apply_local("n", "k", Delete())
+        s.apply_local("n", "k", Put({"c": "z" * 15_000}))  # fits: the document is small now
+        with pytest.raises(PatchError):  # and what does not fit is still refused
+            s.apply_local("n", "k", Patch([{"op": "set", "path": ["d"], "value": "w" * 9_000}]))
+    with Store(db) as s:
+        assert s.get("n", "k").value == {"c": "z" * 15_000}
+    assert check_database(db) == []

@@ -73,6 +73,7 @@ class DocEntry:
         "log_seq",
         "ns",
         "pending",
+        "rewrite",
         "state",
         "stored_live",
     )
@@ -91,6 +92,9 @@ class DocEntry:
         self.state: bytes | None = None
         """The encoded state after this batch's last change, for a document that is not
         logged (encoded when the change is made, to know its size; written by the flush)."""
+        self.rewrite = False
+        """Set when this batch stores the whole state of a logged document (its log would
+        have made it look larger than it is): its later changes in the batch do the same."""
         self.base_bytes = 0  # the stored state's size, and the stored log's rows and bytes
         self.log_rows = 0
         self.log_bytes = 0
@@ -533,6 +537,7 @@ class StoreCore:
                 live_only.append((live, entry.doc_id))
             entry.pending.clear()
             entry.state = None
+            entry.rewrite = False
             entry.stored_live = live
             doc_id = entry.doc_id
             assert doc_id is not None
@@ -575,7 +580,11 @@ class StoreCore:
 
     def _logged(self, entry: DocEntry) -> bool:
         """Whether the document's changes go to its delta log (a large stored document)."""
-        return entry.doc_id is not None and entry.base_bytes >= self._log_min_bytes
+        return (
+            entry.doc_id is not None
+            and entry.base_bytes >= self._log_min_bytes
+            and not entry.rewrite
+        )
 
     def _encode_change(self, entry: DocEntry, delta: Document) -> None:
         """Encode what the flush will write for a change just made to ``entry``, and refuse
@@ -590,6 +599,13 @@ class StoreCore:
         if self._logged(entry):
             entry.pending.append(encode_document(delta))
             size = entry.base_bytes + entry.log_bytes + sum(map(len, entry.pending))
+            if size > MAX_DOCUMENT_BYTES:
+                # Base plus log only bound the size from above (overwritten values are still
+                # counted): measure the document itself, and store it whole if it fits.
+                entry.state = encode_document(entry.doc)
+                size = len(entry.state)
+                entry.pending.clear()
+                entry.rewrite = True
         else:
             entry.state = encode_document(entry.doc)
             size = len(entry.state)
