@@ -393,15 +393,24 @@ def cmd_watch(args: argparse.Namespace, paths: Paths) -> int:
 
 def _watch(args: argparse.Namespace, paths: Paths) -> int:
     _check_names(args)
+    shown: set[str] = set()  # keys whose last line showed an existing document
     with _client(paths) as client:
         client.watch(args.ns, args.prefix, args.initial)
         for msg in client.notifications():
             params = msg.get("params") or {}
             if msg.get("method") == "overflow":
                 sys.stderr.write("syncd: watch fell behind; resending the current documents\n")
+                # Documents deleted in the gap would not be resent: say so first.
+                for gone in sorted(shown - set(client.list(args.ns, args.prefix))):
+                    line = {"ns": args.ns, "key": gone, "value": None, "deleted": True}
+                    write(json_text({**line, "origin": None}) + "\n")
+                    shown.discard(gone)
                 client.watch(args.ns, args.prefix, True)
                 continue
             params.pop("subscription", None)
+            key = params.get("key")
+            if isinstance(key, str):
+                (shown.discard if params.get("deleted") else shown.add)(key)
             write(json_text(params) + "\n")
             flush()
     return EXIT_OK

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from syncd.cli import main
+from syncd.daemon.unixsock import bind_unix
 from syncd.deviceid import format_device_id
 from tests.daemon_harness import DaemonProcess, serve_for_module
 
@@ -486,3 +488,56 @@ def test_the_cli_does_not_load_trio_crypto_or_the_crdt_engine_up_front() -> None
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_watch_reports_deletions_it_missed_while_behind(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "fake.sock"
+    listener = bind_unix(path)
+
+    def fake_daemon() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+
+            def answer(method: str, result: object) -> None:
+                request = json.loads(lines.readline())
+                assert request["method"] == method, request
+                conn.sendall(
+                    json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()
+                    + b"\n"
+                )
+
+            def note(method: str, params: dict[str, object]) -> None:
+                conn.sendall(
+                    json.dumps({"jsonrpc": "2.0", "method": method, "params": params}).encode()
+                    + b"\n"
+                )
+
+            answer("watch", {"subscription": 1})
+            for key in ("a", "b"):
+                change: dict[str, object] = {"ns": "n", "key": key, "value": {}}
+                note("change", {"subscription": 1, **change, "deleted": False, "origin": "local"})
+            note("overflow", {"subscription": 1})
+            answer("list", {"keys": ["b"]})  # "a" was deleted while the watcher was behind
+            answer("watch", {"subscription": 2})
+            note(
+                "change",
+                {"subscription": 2, "initial": True, **change, "key": "b", "deleted": False},
+            )
+
+    thread = threading.Thread(target=fake_daemon, daemon=True)
+    thread.start()
+    try:
+        status, out, err = run("--socket", str(path), "watch", "n")
+        assert status == 1  # the fake daemon closes the connection at the end
+    finally:
+        thread.join(10)
+        listener.close()
+    assert "fell behind" in err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(n["key"], n["deleted"]) for n in lines] == [
+        ("a", False),
+        ("b", False),
+        ("a", True),
+        ("b", False),
+    ]
+    assert lines[2]["origin"] is None
