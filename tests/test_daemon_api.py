@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from syncd.config import ApiConfig
 from syncd.daemon.rpc import LineSplitter, parse_message
 from syncd.daemon.store import NoNetwork
 from syncd.deviceid import format_device_id
@@ -735,3 +736,27 @@ def test_parse_message_shapes() -> None:
     msgs, batch = parse_message(b'[{"jsonrpc":"2.0","method":"m","id":null}]')
     assert batch
     assert not msgs[0].is_notification  # type: ignore[union-attr]
+
+
+async def test_a_batch_response_is_bounded_like_a_line(tmp_path: Path) -> None:
+    # One batch line of many gets of a large document once built every response in memory:
+    # a batch counts as one request in flight, so that got around max_in_flight.
+    limits = ApiConfig(max_line_bytes=64 * 1024)
+    async with running_api(tmp_path, limits) as api, line_connection(api.socket) as conn:
+        big = {"t": "x" * 20_000}
+        assert result(await conn.call("put", {"ns": "n", "key": "big", "value": big}))
+        batch = [
+            {"jsonrpc": "2.0", "id": i, "method": "get", "params": {"ns": "n", "key": "big"}}
+            for i in range(50)
+        ]
+        batch.append({"jsonrpc": "2.0", "method": "put", "params": {"ns": "n", "key": "x"}})
+        await conn.send_raw(json.dumps(batch).encode() + b"\n")
+        answers = await conn.recv()
+        assert len(answers) == 50  # the notification at the end gets no answer either way
+        served = [a for a in answers if "result" in a]
+        refused = [a for a in answers if "error" in a]
+        assert 3 <= len(served) <= 4  # up to the 64 KiB budget, then one more
+        assert all(r["result"]["value"] == big for r in served)
+        assert all(e["error"]["data"]["reason"] == "too_large" for e in refused)
+        assert [a["id"] for a in answers] == list(range(50))
+        assert result(await conn.call("get", {"ns": "n", "key": "x"}))["exists"] is False

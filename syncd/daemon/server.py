@@ -87,6 +87,16 @@ def _ordered(messages: list[Message]) -> bool:
     return not any(not isinstance(m, Invalid) and m.method in UNORDERED_METHODS for m in messages)
 
 
+def _batch_full(budget: int) -> RpcError:
+    return RpcError(
+        APPLICATION_ERROR,
+        f"not run: the batch's responses passed {budget} bytes (api.max_line_bytes); send the "
+        "rest in another batch",
+        reason="too_large",
+        limit=budget,
+    )
+
+
 def _refusal(message: str, reason: str) -> bytes:
     return encode(error_object(None, RpcError(APPLICATION_ERROR, message, reason=reason)))
 
@@ -341,7 +351,16 @@ class Connection:
         """Run a line's requests; its response line (None when nothing is answered)."""
         responses: list[dict[str, Any]] = []
         debug = log.isEnabledFor(logging.DEBUG)
+        # A batch is one line in flight however many requests it holds: what its response
+        # may take is bounded like one request line's (later requests are refused, not run).
+        budget = self.limits.max_line_bytes if is_batch else None
+        used = 0
         for msg in messages:
+            if budget is not None and used > budget:
+                answered = not msg.silent if isinstance(msg, Invalid) else not msg.is_notification
+                if answered:
+                    responses.append(error_object(msg.id, _batch_full(budget)))
+                continue
             if isinstance(msg, Invalid):
                 if debug:
                     log.debug("%s: invalid request: %s", self.name, msg.error)
@@ -367,6 +386,8 @@ class Connection:
                 )
             if not msg.is_notification:
                 responses.append(response)
+                if budget is not None:
+                    used += len(encode(response))
         if not responses:
             return None
         try:
