@@ -224,3 +224,21 @@ async def test_values_are_rendered_only_for_changes_a_watcher_shows(
         note = await next_notification(w)
         assert note["params"]["key"] == "b" and note["params"]["value"] == {"i": 9}
         assert note["params"]["deleted"] is False
+
+
+def test_a_watcher_behind_holds_one_change_per_document() -> None:
+    # 1,500 keystrokes into one large note used to queue 1,500 full copies for a watcher
+    # that did not read; the latest change of a document includes the earlier ones.
+    from syncd.daemon.watch import WatchHub
+
+    hub = WatchHub()
+    sub = hub.subscribe("n", "", limit=3)
+    for i in range(1500):
+        hub.publish(Change("n", "note", {"i": i}, False, "local"))
+    hub.publish(Change("n", "other", {}, False, "local"))
+    hub.publish(Change("n", "note", {"i": "last"}, False, "local"))
+    assert not sub.overflowed
+    assert [(c.key, c.value) for _, c in sub.drain()] == [("other", {}), ("note", {"i": "last"})]
+    for key in ("a", "b", "c", "d"):  # the limit counts documents
+        hub.publish(Change("n", key, {}, False, "local"))
+    assert sub.overflowed

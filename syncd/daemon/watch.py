@@ -4,14 +4,14 @@ The store calls :meth:`WatchHub.publish` (synchronously, in the trio thread) aft
 Publishing appends the change to every matching subscription's bounded queue and returns; a
 subscription whose queue is full is marked *overflowed*, its queue is dropped, and its pump
 sends one ``overflow`` notification and ends. The client may resubscribe with
-``initial: true`` to get the current documents again. So a watcher that never reads costs at
-most ``watch_queue`` queued changes, and writers never wait for it.
+``initial: true`` to get the current documents again. A queued change is replaced by a newer
+one of the same document. So a watcher that never reads costs at most ``watch_queue`` queued
+changes (one per document), and writers never wait for it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterator
 
 import trio
@@ -27,7 +27,8 @@ class Subscription:
         self.ns = ns
         self.prefix = prefix
         self.limit = limit
-        self.queue: deque[tuple[int, Change]] = deque()
+        self.queue: dict[str, tuple[int, Change]] = {}
+        """Changes not yet sent, the latest per key, in the order of those latest changes."""
         self.overflowed = False
         self.closed = False
         self._wakeup = trio.Event()
@@ -37,14 +38,20 @@ class Subscription:
         return change.ns == self.ns and change.key.startswith(self.prefix)
 
     def offer(self, seq: int, change: Change) -> None:
-        """Queue a change without blocking; overflow when the queue is full."""
+        """Queue a change without blocking; overflow when the queue is full.
+
+        A change replaces a queued one of the same key (whose effect it includes): a watcher
+        that falls behind holds one change per document, not one per keystroke, and the
+        limit counts documents.
+        """
         if self.closed or self.overflowed:
             return
-        if len(self.queue) >= self.limit:
+        queue = self.queue
+        if queue.pop(change.key, None) is None and len(queue) >= self.limit:
             self.overflowed = True
-            self.queue.clear()
+            queue.clear()
         else:
-            self.queue.append((seq, change))
+            queue[change.key] = (seq, change)
         self._wakeup.set()
 
     def close(self) -> None:
@@ -61,8 +68,10 @@ class Subscription:
 
     def drain(self) -> Iterator[tuple[int, Change]]:
         """Take every queued change, oldest first."""
-        while self.queue:
-            yield self.queue.popleft()
+        queue = self.queue
+        while queue:
+            key = next(iter(queue))
+            yield queue.pop(key)
 
 
 class WatchHub:
