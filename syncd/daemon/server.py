@@ -54,6 +54,7 @@ from syncd.daemon.rpc import (
 from syncd.daemon.store import Change, Store
 from syncd.daemon.watch import Subscription, WatchHub
 from syncd.errors import SyncdError
+from syncd.logrepeat import RepeatLimiter
 
 log = logging.getLogger("syncd.api")
 
@@ -543,6 +544,7 @@ class ApiServer:
         self._done = trio.Event()
         self._stopping = False
         self._uid = os.getuid()
+        self._refusals = RepeatLimiter(log, "refused connections")
         self.executing = 0
         """Lines read and not yet run, on every connection (shutdown waits for them)."""
         self._idle = trio.Event()
@@ -582,13 +584,13 @@ class ApiServer:
         limits = self.limits()
         refusal = None
         if uid != self._uid:
-            log.warning("refused API connection from uid %d (pid %d)", uid, pid)
+            self._refusals.note(f"refused API connection from uid {uid} (pid {pid})")
             refusal = _refusal(
                 f"connection refused: uid {uid} is not the daemon's uid {self._uid}",
                 "permission_denied",
             )
         elif len(self.connections) >= limits.max_connections:
-            log.warning("refused API connection: %d connections open", len(self.connections))
+            self._refusals.note(f"refused API connection: {len(self.connections)} connections open")
             refusal = _refusal(
                 f"too many connections (limit {limits.max_connections})", "too_many_connections"
             )

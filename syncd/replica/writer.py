@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 import outcome
 
+from syncd.logrepeat import RepeatLimiter
 from syncd.replica.errors import ReplicaClosedError
 from syncd.replica.model import Change
 from syncd.replica.store import Store
@@ -119,9 +120,7 @@ class Writer:
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
-        self._last_failure = ""
-        self._last_failure_logged = 0.0
-        self._failures_unlogged = 0
+        self._failures = RepeatLimiter(log, "failed commits")
         self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
         self._thread.start()
 
@@ -265,15 +264,7 @@ class Writer:
     def _commit_failed(self, exc: BaseException) -> None:
         """Log a failed commit (a full disk, an I/O error): at once the first time and when
         the error changes, then at most once a minute while it repeats."""
-        now = time.monotonic()
-        text = str(exc)
-        if text != self._last_failure or now - self._last_failure_logged >= 60:
-            repeated, self._failures_unlogged = self._failures_unlogged, 0
-            extra = f" ({repeated} more failed commits since the last message)" if repeated else ""
-            log.warning("a commit failed, its writes were refused: %s%s", text, extra)
-            self._last_failure, self._last_failure_logged = text, now
-        else:
-            self._failures_unlogged += 1
+        self._failures.note(f"a commit failed, its writes were refused: {exc}")
 
     def _report(self, reports: list[Report]) -> None:
         for done, changes in reports:

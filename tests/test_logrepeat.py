@@ -1,0 +1,30 @@
+"""The repeat limiter that keeps a repeating failure from flooding the log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from syncd.logrepeat import RepeatLimiter
+
+
+def test_a_repeated_message_is_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("syncd.logrepeat.time.monotonic", lambda: clock[0])
+    limiter = RepeatLimiter(logging.getLogger("t"), "refusals", interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for _ in range(5):
+            limiter.note("refused uid 7")
+        limiter.note("disk full")  # a different message: at once
+        limiter.note("disk full")
+        clock[0] += 61
+        limiter.note("disk full")  # the interval passed: logged, with what was left out
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused uid 7",
+        "refused uid 7 (4 more refusals)",  # the account of the one that stopped
+        "disk full",
+        "disk full (1 more refusals since the last message)",
+    ]
