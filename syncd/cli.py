@@ -516,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         return _fail(exc, EXIT_NO_DAEMON)
     except RemoteError as exc:
+        limit = exc.data.get("limit")
+        if exc.reason == "too_large" and isinstance(limit, int):  # the request line itself
+            exc = RemoteError(
+                exc.code,
+                f"the request is too large: the daemon takes requests of up to {limit} bytes "
+                "(api.max_line_bytes in its config)",
+                exc.data,
+            )
         return _fail(exc, EXIT_FAILED)
     except Failed:
         return EXIT_FAILED

@@ -286,6 +286,24 @@ def test_a_damaged_document_does_not_stop_a_watch_or_the_daemon(home: Path) -> N
     assert "cannot read 'bad'" in d.stderr()
 
 
+def test_a_put_over_the_line_limit_is_explained_by_the_cli(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text('name = "x"\n[api]\nmax_line_bytes = 1024\n')
+    big = json.dumps({"t": "x" * 2000})
+    with daemon_process(home):
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "--home", str(home), "put", "n", "k", big],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert out.stderr == (
+        "syncd: the request is too large: the daemon takes requests of up to 1024 bytes "
+        "(api.max_line_bytes in its config)\n"
+    )
+
+
 def test_debug_logging_shows_connections_and_requests(home: Path) -> None:
     with daemon_process(home, "--log-level", "debug") as d:
         c = RawConn(d.socket)
