@@ -100,6 +100,11 @@ def raw_commits(path: Path, n: int) -> float:
         conn.close()
 
 
+def no_watcher(ns: str, key: str) -> bool:
+    """The value filter of a daemon that nobody watches (its writes render no values)."""
+    return False
+
+
 async def put_round(rep: AsyncReplica, n: int, offset: int) -> float:
     """Sequential acknowledged puts per second, each a new value (a put of the current value
     commits nothing), to keys ``k0``..``k999`` from ``offset`` on."""
@@ -113,6 +118,7 @@ async def put_round(rep: AsyncReplica, n: int, offset: int) -> float:
 async def single_writes(path: Path, n: int, offset: int) -> float:
     """:func:`put_round` on a freshly opened replica (the cold method)."""
     async with open_replica(path) as rep:
+        rep.set_value_filter(no_watcher)
         await rep.put("bench", "warm", {"v": 0})
         return await put_round(rep, n, offset)
 
@@ -125,6 +131,7 @@ async def steady_rounds(d: Path, rounds: int, n: int) -> dict[str, list[float]]:
     """
     raw = open_raw(d / "raw-steady.sqlite3")
     writer = Writer(Store(d / "thread-steady.sqlite3"))
+    writer.store.wants_value = no_watcher
 
     def thread_round(count: int, offset: int) -> float:
         t0 = time.perf_counter()
@@ -147,6 +154,7 @@ async def steady_rounds(d: Path, rounds: int, n: int) -> dict[str, list[float]]:
 
     try:
         async with open_replica(d / "single-steady.sqlite3") as rep:
+            rep.set_value_filter(no_watcher)
             # Warm: 1,500 writes of 2 WAL pages (ours) and 3,000 of 1 (raw) pass the
             # checkpoint at 1,000 pages.
             raw_round(raw, 3000)
@@ -177,6 +185,7 @@ def put_one(store: Store, key: str, i: int) -> None:
 async def batched_writes(path: Path, writers: int, per_writer: int) -> tuple[float, float]:
     """Docs per second with ``writers`` concurrent clients; also mean writes per commit."""
     async with open_replica(path) as rep:
+        rep.set_value_filter(no_watcher)
 
         async def writer(w: int) -> None:
             for i in range(per_writer):
