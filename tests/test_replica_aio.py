@@ -315,3 +315,20 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
         await rep.put("ns", "after", {"ok": True})
         assert (await rep.get("ns", "after")).value == {"ok": True}
         assert (await rep.get("ns", "k0")).value is None
+
+
+async def test_writes_to_a_large_document_leave_the_event_loop(tmp_path: Path) -> None:
+    # Rewriting a large text can take a good part of a second: on the trio thread every
+    # other client would wait that long.
+    async with open_replica(tmp_path / "db.sqlite3") as rep:
+        await rep.put("n", "small", {"t": "x"})
+        await rep.put("n", "big", {"t": "x" * (aio.INLINE_DOC_MAX_BYTES + 1000)})
+        stats = rep.writer.stats
+        inline = stats.inline_batches
+        await rep.put("n", "small", {"t": "y"})
+        assert stats.inline_batches == inline + 1  # a small one still runs here
+        batches = stats.batches
+        await rep.put("n", "big", {"t": "y" * (aio.INLINE_DOC_MAX_BYTES + 1000)})
+        assert stats.inline_batches == inline + 1  # the large one went to the writer thread
+        assert stats.batches == batches + 1
+        assert (await rep.get("n", "big")).value == {"t": "y" * (aio.INLINE_DOC_MAX_BYTES + 1000)}

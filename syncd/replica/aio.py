@@ -70,6 +70,10 @@ def others_runnable() -> bool:
 INLINE_BATCH_MAX_S = 0.002
 """Groups run on the trio thread while the writer's average batch time (commit included) is
 below this; above it they go to the writer thread until batches are fast again."""
+INLINE_DOC_MAX_BYTES = 256 * 1024
+"""A write to a document this large (stored) goes to the writer thread even when batches are
+fast: rewriting a large text (a put's diff) can take a good part of a second, which the
+event loop, and every other client, would wait for."""
 
 
 class Subscription:
@@ -191,6 +195,7 @@ class AsyncReplica:
             and not self._outstanding
             and self.commits_fast
             and not others_runnable()
+            and not self._large(doc)
         ):
             # Nobody else can make a call before this one would commit (no other task is
             # ready to run): commit it at once rather than through the committer.
@@ -225,6 +230,12 @@ class AsyncReplica:
         box: list[outcome.Outcome[T]] = []
         return box[0] if self._writer.run_here([Request(fn, _BoxSink(box), None, doc)]) else None
 
+    def _large(self, doc: tuple[str, str] | None) -> bool:
+        """Whether a write to ``doc`` should leave the event loop (:data:`INLINE_DOC_MAX_BYTES`).
+
+        Called only while the writer thread has nothing outstanding (it reads the cache)."""
+        return doc is not None and self._writer.store.known_bytes(*doc) >= INLINE_DOC_MAX_BYTES
+
     def _queue(self, request: Request) -> None:
         self._queued.append(request)
         committer, self._committer = self._committer, None
@@ -255,7 +266,11 @@ class AsyncReplica:
                 await trio.lowlevel.wait_task_rescheduled(self._abort_park)
             group, self._queued = self._queued, []
             writer = self._writer
-            if not self.commits_fast or not writer.run_here(group):
+            if (
+                not self.commits_fast  # (first: _large reads the store, idle only then)
+                or any(self._large(request.doc) for request in group)
+                or not writer.run_here(group)
+            ):
                 for i, request in enumerate(group):
                     try:
                         writer.submit(request)

@@ -37,6 +37,11 @@ class LRUCache(Generic[K, V]):
         """The total weight held."""
         return self._bytes
 
+    def weight_of(self, key: K) -> int:
+        """The weight of ``key`` (0 if not cached), without marking it used."""
+        hit = self._data.get(key)
+        return 0 if hit is None else hit[1]
+
     def get(self, key: K) -> V | None:
         """The cached value (marking it recently used), or None."""
         hit = self._data.get(key)

@@ -391,6 +391,12 @@ class StoreCore:
             self._cache.put(ck, entry, 64)
         return entry
 
+    def known_bytes(self, ns: str, key: str) -> int:
+        """What a loaded document takes stored (0 if it is not loaded): a hint of what a write
+        to it will cost, read without loading anything (safe while no batch runs)."""
+        nss = self._namespaces.get(ns)
+        return 0 if nss is None else self._cache.weight_of((nss.ns_id, key))
+
     def prefetch(self, docs: Iterable[tuple[str, str]]) -> None:
         """Load the documents ``(ns, key)`` that are not loaded yet, a few per query.
 
