@@ -7,8 +7,9 @@ queued in a scheduler round as one group and runs it in one of two places:
   average under :data:`INLINE_BATCH_MAX_S`): the loop is blocked for that long, but a lone
   write then costs no thread wake-ups at all, which is most of what separates it from a raw
   SQLite commit;
-- on the writer thread, when batches are slow (a slow disk's fsync, large documents), so the
-  loop keeps serving while the disk works. One ``run_sync_soon`` callback per batch then
+- on the writer thread, when batches are slow (a slow disk's fsync, large documents), or a
+  request writes a document stored larger than :data:`INLINE_DOC_MAX_BYTES`, so the loop
+  keeps serving while the disk or the CPU works. One ``run_sync_soon`` callback per batch then
   reschedules every task of the batch.
 
 Requests reach the store in the order they were made either way: the committer never runs a
