@@ -400,12 +400,14 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
             params = msg.get("params") or {}
             if msg.get("method") == "overflow":
                 sys.stderr.write("syncd: watch fell behind; resending the current documents\n")
-                # Documents deleted in the gap would not be resent: say so first.
+                # Subscribed first, then listed: a document deleted before the new
+                # subscription is missing from the list, one deleted after comes as a change.
+                client.watch(args.ns, args.prefix, True)
                 for gone in sorted(shown - set(client.list(args.ns, args.prefix))):
                     line = {"ns": args.ns, "key": gone, "value": None, "deleted": True}
                     write(json_text({**line, "origin": None}) + "\n")
                     shown.discard(gone)
-                client.watch(args.ns, args.prefix, True)
+                flush()
                 continue
             params.pop("subscription", None)
             key = params.get("key")
@@ -509,8 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         if paths is not None and paths.socket == paths.daemon_socket and _lock_held(paths):
             return _fail(
                 SyncdError(
-                    f"a syncd daemon is running with this home (it holds {paths.lock_file}) but "
-                    f"its socket {paths.socket} is gone (deleted?); restart the daemon"
+                    f"a syncd daemon holds this home's lock ({paths.lock_file}) but its socket "
+                    f"{paths.socket} is missing: it may be starting or stopping; if this "
+                    "persists (the socket was deleted?), restart the daemon"
                 ),
                 EXIT_NO_DAEMON,
             )
@@ -554,8 +557,12 @@ def _lock_held(paths: Paths) -> bool:
             table = locks.read()
     except OSError:
         return False
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(" FLOCK " in line and inode in line.split() for line in table.splitlines())
+    # By inode alone: on btrfs, stat's device number is not the one /proc/locks shows.
+    inode = f":{st.st_ino}"
+    return any(
+        " FLOCK " in line and any(field.endswith(inode) for field in line.split())
+        for line in table.splitlines()
+    )
 
 
 def _fail(exc: Exception, status: int) -> int:

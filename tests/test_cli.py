@@ -517,8 +517,8 @@ def test_watch_reports_deletions_it_missed_while_behind(run: Run, tmp_path: Path
                 change: dict[str, object] = {"ns": "n", "key": key, "value": {}}
                 note("change", {"subscription": 1, **change, "deleted": False, "origin": "local"})
             note("overflow", {"subscription": 1})
+            answer("watch", {"subscription": 2})  # subscribed again first, then
             answer("list", {"keys": ["b"]})  # "a" was deleted while the watcher was behind
-            answer("watch", {"subscription": 2})
             note(
                 "change",
                 {"subscription": 2, "initial": True, **change, "key": "b", "deleted": False},

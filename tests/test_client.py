@@ -808,15 +808,21 @@ def test_a_daemon_of_another_user_is_refused_at_connect() -> None:
     assert syncd.client.protocol.refusal(os.getuid(), path) is None
 
 
+def flood_after_watch(conn: socket.socket, changes: int) -> None:
+    """A fake daemon's side: answer ``watch`` (subscription 7), send ``changes`` change
+    notifications, then answer one ``status`` (whose answer comes after them all)."""
+    request = read_request(conn)
+    send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"subscription": 7}})
+    for i in range(changes):
+        params = {"subscription": 7, "ns": "n", "key": f"k{i}", "value": {}}
+        send_line(conn, {"jsonrpc": "2.0", "method": "change", "params": params})
+    request = read_request(conn)
+    send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {}})
+
+
 def test_a_blocking_subscription_nobody_reads_ends_with_an_overflow(tmp_path: Path) -> None:
     def script(conn: socket.socket) -> None:
-        request = read_request(conn)  # watch
-        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"subscription": 7}})
-        for i in range(WATCH_BUFFER + 500):
-            params = {"subscription": 7, "ns": "n", "key": f"k{i}", "value": {}}
-            send_line(conn, {"jsonrpc": "2.0", "method": "change", "params": params})
-        request = read_request(conn)  # status: it reads everything sent before the answer
-        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {}})
+        flood_after_watch(conn, WATCH_BUFFER + 500)
         request = read_request(conn)  # the unwatch the overflow brings
         assert request["method"] == "unwatch" and request["params"] == {"subscription": 7}
         send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}})
@@ -856,3 +862,32 @@ def test_timeouts_must_be_positive(tmp_path: Path) -> None:
                 Client(path, timeout=bad)  # type: ignore[arg-type]
         with Client(path, timeout=2.5) as client, pytest.raises(ValueError, match="timeout"):
             client.settimeout(0)
+
+
+def test_a_capped_blocking_subscription_is_unwatched_at_the_next_call(tmp_path: Path) -> None:
+    def script(conn: socket.socket) -> None:
+        flood_after_watch(conn, WATCH_BUFFER + 10)
+        request = read_request(conn)  # the next call sends the unwatch first
+        assert request["method"] == "unwatch" and request["params"] == {"subscription": 7}
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}})
+        request = read_request(conn)
+        assert request["method"] == "status"
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"], "result": {}})
+        wait_closed(conn)
+
+    with thread_daemon(tmp_path, script) as path, Client(path) as client:
+        client.watch("n")
+        assert client.status() == {}
+        assert client.status() == {}  # nobody read the notifications, yet the unwatch went
+
+
+async def test_the_block_s_exception_survives_a_cancelled_scope(tmp_path: Path) -> None:
+    async def fail_in_a_cancelled_scope(path: Path) -> None:
+        with trio.CancelScope() as scope:
+            async with open_client(path):
+                scope.cancel()
+                raise KeyError("missing")
+
+    async with running_api(tmp_path) as api:
+        with pytest.raises(KeyError, match="missing"):  # was lost: the scope took Cancelled
+            await fail_in_a_cancelled_scope(api.socket)

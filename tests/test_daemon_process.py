@@ -248,8 +248,8 @@ def test_a_daemon_whose_socket_was_deleted_is_not_reported_as_absent(home: Path)
             timeout=30,
         )
         assert out.returncode == 3
-        assert "a syncd daemon is running with this home" in out.stderr
-        assert f"its socket {d.socket} is gone" in out.stderr
+        assert "a syncd daemon holds this home's lock" in out.stderr
+        assert f"its socket {d.socket} is missing" in out.stderr
         assert d.stop() == 0
     out = subprocess.run(
         [sys.executable, "-m", "syncd", "--home", str(home), "status"],
@@ -521,7 +521,7 @@ def test_other_uid_is_refused_by_peer_credentials() -> None:
             reply = json.loads(out[4:])
             assert reply["error"]["code"] == -32000
             assert reply["error"]["data"]["reason"] == "permission_denied"
-            assert "refused API connection from uid" in d.stderr()
+            assert "refused API connections from uid" in d.stderr()
             assert d.call("status")["version"]
     finally:
         shutil.rmtree(top, ignore_errors=True)

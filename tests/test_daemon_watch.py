@@ -242,3 +242,30 @@ def test_a_watcher_behind_holds_one_change_per_document() -> None:
     for key in ("a", "b", "c", "d"):  # the limit counts documents
         hub.publish(Change("n", key, {}, False, "local"))
     assert sub.overflowed
+
+
+async def test_a_document_deleted_during_the_initial_snapshot_is_reported_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        running_api(tmp_path) as api,
+        line_connection(api.socket) as c,
+        line_connection(api.socket) as w,
+    ):
+        for key in ("a", "b"):
+            await c.call("put", {"ns": "n", "key": key, "value": {}})
+        real_get = api.store.get
+
+        async def get_deleting_b(ns: str, key: str, *, conflicts: bool = False) -> Any:
+            if key == "a":  # while the snapshot reads "a", someone deletes "b"
+                await api.store.delete("n", "b")
+            return await real_get(ns, key, conflicts=conflicts)
+
+        monkeypatch.setattr(api.store, "get", get_deleting_b)
+        await w.send("watch", {"ns": "n", "initial": True})
+        assert "subscription" in (await w.recv())["result"]
+        notes = [(await next_notification(w))["params"] for _ in range(2)]
+        assert [(n["key"], n["deleted"], n.get("initial", False)) for n in notes] == [
+            ("a", False, True),
+            ("b", True, False),  # was: nothing at all for "b"
+        ]

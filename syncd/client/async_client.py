@@ -457,7 +457,11 @@ async def _connect(
     if scope.cancelled_caught:
         sock.close()
         raise CallTimeout(f"connecting to {path} timed out after {limit_s} s")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError as exc:
+        sock.close()
+        raise not_running(path, exc, home) from None
     refused = refusal(struct.unpack("3i", creds)[1], path)
     if refused is not None:
         sock.close()
@@ -492,8 +496,19 @@ async def open_client(
             finally:
                 client._lose(f"the client of {path} is closed")
                 nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        # Leaving the nursery inside a cancelled scope raises Cancelled: the block's own
+        # exception, if any, is what the caller must see, not that.
+        if body_error is None or not _only_cancellation(exc):
+            raise
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
     if body_error is not None:
         raise body_error
+
+
+def _only_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)

@@ -64,7 +64,7 @@ class Client:
         self._notifications: deque[dict[str, Any]] = deque()
         self._queued: dict[int, int] = {}  # notifications buffered, per subscription
         self._overflowed: set[int] = set()  # ended here: buffer full (or by the daemon)
-        self._unwatch_after: set[int] = set()  # to unwatch once its overflow is handed out
+        self._unwatch_due: set[int] = set()  # ended here: the daemon must hear it at once
         self._broken: str | None = None
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no newline
@@ -120,6 +120,8 @@ class Client:
 
     def call(self, method: str, /, **params: Any) -> Any:
         """Call ``method`` with named params; return its result or raise a typed error."""
+        if self._unwatch_due:
+            self._send_due_unwatches()
         return self._call(method, params)
 
     def _call(self, method: str, params: dict[str, Any]) -> Any:
@@ -274,7 +276,7 @@ class Client:
             self._overflowed.add(sub)
         elif self._queued.get(sub, 0) >= protocol.WATCH_BUFFER:
             self._overflowed.add(sub)
-            self._unwatch_after.add(sub)
+            self._unwatch_due.add(sub)
             msg = {"jsonrpc": "2.0", "method": "overflow", "params": {"subscription": sub}}
         self._queued[sub] = self._queued.get(sub, 0) + 1
         self._notifications.append(msg)
@@ -302,12 +304,17 @@ class Client:
         """
         while True:
             msg = self._await(self._next_notification, None, "notifications")
-            sub = (msg.get("params") or {}).get("subscription")
-            if msg.get("method") == "overflow" and sub in self._unwatch_after:
-                self._unwatch_after.discard(sub)
-                with suppress(ClientError):  # ended here: the daemon must stop sending it
-                    self.call("unwatch", subscription=sub)
+            self._send_due_unwatches()
             yield msg
+
+    def _send_due_unwatches(self) -> None:
+        """Unwatch the subscriptions ended here (buffer full): else the daemon would go on
+        sending, and rendering, their changes for nothing."""
+        with self._cond:
+            due, self._unwatch_due = self._unwatch_due, set()
+        for sub in sorted(due):
+            with suppress(ClientError):
+                self._call("unwatch", {"subscription": sub})
 
     # typed methods ---------------------------------------------------------------------------
 

@@ -88,14 +88,22 @@ def _ordered(messages: list[Message]) -> bool:
     return not any(not isinstance(m, Invalid) and m.method in UNORDERED_METHODS for m in messages)
 
 
-def _batch_full(budget: int) -> RpcError:
-    return RpcError(
-        APPLICATION_ERROR,
-        f"not run: the batch's responses passed {budget} bytes (api.max_line_bytes); send the "
-        "rest in another batch",
-        reason="too_large",
-        limit=budget,
-    )
+_BATCH_FULL = RpcError(
+    APPLICATION_ERROR,
+    "not run: the batch's responses reached api.max_line_bytes",
+    reason="too_large",
+)
+
+
+def _encoded(response: dict[str, Any]) -> bytes:
+    """One response object as JSON, without the newline (an unencodable result, a bug, is
+    answered with -32603 instead)."""
+    try:
+        return encode(response)[:-1]
+    except (TypeError, ValueError) as exc:
+        log.exception("cannot encode a response")
+        err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
+        return encode(error_object(response.get("id"), err))[:-1]
 
 
 def _refusal(message: str, reason: str) -> bytes:
@@ -350,23 +358,25 @@ class Connection:
 
     async def _run_messages(self, messages: list[Message], is_batch: bool) -> bytes | None:
         """Run a line's requests; its response line (None when nothing is answered)."""
-        responses: list[dict[str, Any]] = []
+        parts: list[bytes] = []  # each response encoded once, without its newline
         debug = log.isEnabledFor(logging.DEBUG)
         # A batch is one line in flight however many requests it holds: what its response
-        # may take is bounded like one request line's (later requests are refused, not run).
+        # may take is bounded like one request line's. Past that, requests with an id are
+        # refused, not run; notifications still run (they add nothing to the response).
         budget = self.limits.max_line_bytes if is_batch else None
         used = 0
         for msg in messages:
-            if budget is not None and used > budget:
-                answered = not msg.silent if isinstance(msg, Invalid) else not msg.is_notification
-                if answered:
-                    responses.append(error_object(msg.id, _batch_full(budget)))
-                continue
+            over = budget is not None and used > budget
             if isinstance(msg, Invalid):
                 if debug:
                     log.debug("%s: invalid request: %s", self.name, msg.error)
                 if not msg.silent:
-                    responses.append(error_object(msg.id, msg.error))
+                    parts.append(_encoded(error_object(msg.id, _BATCH_FULL if over else msg.error)))
+                    used += len(parts[-1])
+                continue
+            if over and not msg.is_notification:
+                parts.append(_encoded(error_object(msg.id, _BATCH_FULL)))
+                used += len(parts[-1])
                 continue
             started = trio.current_time() if debug else 0.0
             outcome = "ok"
@@ -386,17 +396,13 @@ class Connection:
                     (trio.current_time() - started) * 1e3,
                 )
             if not msg.is_notification:
-                responses.append(response)
-                if budget is not None:
-                    used += len(encode(response))
-        if not responses:
+                parts.append(_encoded(response))
+                used += len(parts[-1])
+        if not parts:
             return None
-        try:
-            return encode(responses if is_batch else responses[0])
-        except (TypeError, ValueError) as exc:
-            log.exception("cannot encode a response")
-            err = RpcError(INTERNAL_ERROR, f"internal error: {exc}")
-            return encode(error_object(None, err))
+        if not is_batch:
+            return parts[0] + b"\n"
+        return b"[" + b",".join(parts) + b"]\n"
 
     async def _writer(self, recv: trio.MemoryReceiveChannel[bytes]) -> None:
         async with recv:
@@ -498,16 +504,20 @@ class Connection:
                 if change.value is None and not change.deleted:
                     # Made while no subscription wanted its value (this one started as the
                     # change was being committed): show the current document instead.
-                    change = await self._current(change)
+                    current = await self._current(change)
+                    if current is None:
+                        continue
+                    change = current
                 await self._emit(encode_notification("change", _change_params(sub, change)))
 
-    async def _current(self, change: Change) -> Change:
-        """``change`` with the document's current value (what a later change would show)."""
+    async def _current(self, change: Change) -> Change | None:
+        """``change`` with the document's current value (what a later change would show);
+        None if it cannot be read (the change is then not shown at all, never half)."""
         try:
             doc = await self.server.service.store.get(change.ns, change.key)
         except SyncdError as exc:
             log.error("watch: cannot read %r: %s", change.key, exc)
-            return change
+            return None
         return Change(change.ns, change.key, doc.value, not doc.exists, change.origin)
 
     async def _send_snapshot(
@@ -520,15 +530,18 @@ class Connection:
         for key in keys:
             if sub.closed or sub.overflowed:
                 return
-            snapshot[key] = self.server.hub.seq
+            seq = self.server.hub.seq
             try:
                 doc = await store.get(sub.ns, key)
             except SyncdError as exc:  # a damaged document: the others are still sent
                 log.error("watch subscription %d: cannot read %r: %s", sub.id, key, exc)
                 continue
             if doc.exists:
+                snapshot[key] = seq
                 change = Change(sub.ns, key, doc.value, False, "local")
                 await self._emit(encode_notification("change", _change_params(sub, change, True)))
+            # (One deleted since the subscription started sends nothing here: its queued
+            # deletion is not skipped, so the watcher hears of it.)
 
 
 class ApiServer:
@@ -584,7 +597,9 @@ class ApiServer:
         limits = self.limits()
         refusal = None
         if uid != self._uid:
-            self._refusals.note(f"refused API connection from uid {uid} (pid {pid})")
+            # Keyed on the uid, not the pid: a client retrying in a loop has a new pid each time.
+            self._refusals.note(f"refused API connections from uid {uid}")
+            log.debug("refused API connection from uid %d (pid %d)", uid, pid)
             refusal = _refusal(
                 f"connection refused: uid {uid} is not the daemon's uid {self._uid}",
                 "permission_denied",

@@ -152,12 +152,12 @@ class StoreCore:
         self.poisoned = False
         self.closed = False
         self.fault_hook: Callable[[str], None] | None = None
+        """Called at named points of a commit ("flushed", "committed"); tests use it to crash."""
         self.wants_value: Callable[[str, str], bool] | None = None
         """Which changes need their ``value`` rendered (``(ns, key) -> bool``, called at each
         change, on whichever thread runs the store); None: every change. A change nobody
         wants the value of has ``value`` None (``exists`` still tells whether the document
         exists)."""
-        """Called at named points of a commit ("flushed", "committed"); tests use it to crash."""
         self._load_namespaces()
 
     # -- lifecycle -------------------------------------------------------------------------
