@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -549,8 +550,6 @@ def main(argv: list[str] | None = None) -> int:
 def _lock_held(paths: Paths) -> bool:
     """Whether someone holds the home's instance lock, read from /proc/locks: taking the lock
     to find out, even for a moment, could make a daemon starting right now fail."""
-    import os
-
     try:
         st = os.stat(paths.lock_file)
         with open("/proc/locks", encoding="ascii", errors="replace") as locks:
@@ -577,8 +576,6 @@ def _fail(exc: Exception, status: int) -> int:
 def _silence_stdout() -> None:
     """After EPIPE or ENOSPC on stdout (``syncd ls | head``), point stdout at /dev/null so
     that Python's flush at exit does not report a second error."""
-    import os
-
     if sys.stdout is None:
         return
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -6,7 +6,6 @@ import argparse
 import datetime
 import json
 import sys
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -69,12 +68,9 @@ def shown(name: str) -> str:
     """A key or namespace name for human output, one line and unambiguous: as it is, unless
     it holds a control or line-separator character or starts with ``"``; then as a JSON string
     (so a name shown quoted always starts with ``"``, and ``--json`` output is exact anyway)."""
-    if name.startswith('"') or any(unicodedata.category(c) in _UNSHOWN for c in name):
-        return json_text(name)  # every Cc, Zl and Zp character comes out escaped
+    if name.startswith('"') or any(c < " " or ord(c) in _ESCAPED for c in name):
+        return json_text(name)  # (C0 controls JSON escapes itself; _ESCAPED the others)
     return name
-
-
-_UNSHOWN = frozenset({"Cc", "Zl", "Zp"})
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

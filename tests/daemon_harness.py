@@ -238,6 +238,12 @@ class DaemonProcess:
         if wait_ready:
             self.wait_ready()
 
+    def start_failing(self) -> str:
+        """Start the daemon expecting it to give up (exit 1); returns what it logged."""
+        self.start(wait_ready=False)
+        assert self.wait() == 1, self.stderr()
+        return self.stderr()
+
     def wait_ready(self) -> dict[str, str]:
         """Wait for READY=1 (failing with the daemon's stderr if it exits first)."""
         assert self.notify is not None

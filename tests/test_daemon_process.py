@@ -157,9 +157,7 @@ def test_bad_config_names_key_and_file(home: Path) -> None:
     (home / "config.toml").write_text("[api]\nmax_line_bytes = 'big'\n")
     d = DaemonProcess(home)
     try:
-        d.start(wait_ready=False)
-        assert d.wait() == 1
-        err = d.stderr()
+        err = d.start_failing()
         assert "api.max_line_bytes" in err
         assert str(home / "config.toml") in err
         # Nothing was created on the way: the error is the only line.
@@ -205,10 +203,9 @@ def test_journal_logging_has_priorities_and_no_timestamps(home: Path, tmp_path: 
         assert not any(line[3:7].isdigit() for line in lines)  # no "2025-..." timestamps
         # A start-up failure is the unit's reason for failing: an error, not info.
         (home / "config.toml").write_text("nmae = 1\n")
-        d.start(wait_ready=False)
-        assert d.wait() == 1
-        assert d.stderr().splitlines()[-1].startswith("<3>syncd: "), d.stderr()
-        assert "unknown key `nmae`" in d.stderr().splitlines()[-1]
+        last = d.start_failing().splitlines()[-1]
+        assert last.startswith("<3>syncd: "), last
+        assert "unknown key `nmae`" in last
     finally:
         d.close()
 
@@ -229,9 +226,7 @@ def test_a_file_where_the_socket_goes_is_left_alone_and_named(home: Path) -> Non
     (home / "syncd.sock").write_text("mine")
     d = DaemonProcess(home)
     try:
-        d.start(wait_ready=False)
-        assert d.wait() == 1
-        last = d.stderr().splitlines()[-1]
+        last = d.start_failing().splitlines()[-1]
         assert last == f"syncd: {home / 'syncd.sock'} exists and is not a socket; move it away"
         assert (home / "syncd.sock").read_text() == "mine"
     finally:

@@ -8,7 +8,6 @@ import builtins
 import math
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -43,7 +42,7 @@ from syncd.client.protocol import (
     sync_params,
     trust_params,
 )
-from syncd.daemon.unixsock import short_address
+from syncd.daemon.unixsock import peer_uid, short_address
 
 
 class _Slot:
@@ -458,11 +457,11 @@ async def _connect(
         sock.close()
         raise CallTimeout(f"connecting to {path} timed out after {limit_s} s")
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = peer_uid(sock)
     except OSError as exc:
         sock.close()
         raise not_running(path, exc, home) from None
-    refused = refusal(struct.unpack("3i", creds)[1], path)
+    refused = refusal(uid, path)
     if refused is not None:
         sock.close()
         raise refused

@@ -83,7 +83,7 @@ class Change:
         self.delta = Document()
         self.added = False
         self.creates = False
-        """Set by a write of the whole document (``set`` at the root): like ``put``, it makes
+        """Set by a write of the whole document (``put``, or ``set`` at the root): it makes
         the document exist even when the object is empty."""
 
     # -- primitives --------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Change:
         for r, s, e in ranges:
             delta.ctx.add_range(r, s, e)
 
-    def _finish(self, existed: bool, create: bool = False) -> Document:
+    def _finish(self, existed: bool) -> Document:
         """Apply the event-dot rule and return the delta.
 
         A document that did not exist gets a ``present`` dot when the change creates it. A
@@ -140,7 +140,7 @@ class Change:
         contexts record: a peer that missed the change lacks that dot, which is how
         anti-entropy finds the document to resend (``Document.delta_since``).
         """
-        if not existed and (self.added or create or self.creates):
+        if not existed and (self.added or self.creates):
             self._add(((), PRESENT))
         elif not self.added and self.delta.ctx:
             self._fresh()
@@ -378,8 +378,7 @@ class Change:
         if not op.path:
             if not isinstance(op.value, dict):
                 raise PatchError("the document itself must be an object", reason="type_mismatch")
-            self._put_map((), op.value)
-            self.creates = True
+            self._put_whole(op.value)
             return
         loc = self._field(op.path, create=True)
         assert loc is not None
@@ -462,8 +461,13 @@ class Change:
             raise InvalidOperation("a document must be a JSON object")
         O.check_value(value)
         existed = self.doc.exists()
+        self._put_whole(value)
+        return self._finish(existed)
+
+    def _put_whole(self, value: dict[str, Any]) -> None:
+        """Put semantics for the whole document, which then exists even if ``value`` is {}."""
         self._put_map((), value)
-        return self._finish(existed, create=True)
+        self.creates = True
 
     def patch(self, ops: list[O.Op]) -> Document:
         existed = self.doc.exists()

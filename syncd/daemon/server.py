@@ -28,8 +28,6 @@ import contextvars
 import json
 import logging
 import os
-import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +50,7 @@ from syncd.daemon.rpc import (
     result_object,
 )
 from syncd.daemon.store import Change, Store
+from syncd.daemon.unixsock import peer_credentials
 from syncd.daemon.watch import Subscription, WatchHub
 from syncd.errors import SyncdError
 from syncd.logrepeat import RepeatLimiter
@@ -359,24 +358,28 @@ class Connection:
     async def _run_messages(self, messages: list[Message], is_batch: bool) -> bytes | None:
         """Run a line's requests; its response line (None when nothing is answered)."""
         parts: list[bytes] = []  # each response encoded once, without its newline
+        used = 0
+
+        def answer(response: dict[str, Any]) -> None:
+            nonlocal used
+            parts.append(_encoded(response))
+            used += len(parts[-1])
+
         debug = log.isEnabledFor(logging.DEBUG)
         # A batch is one line in flight however many requests it holds: what its response
         # may take is bounded like one request line's. Past that, requests with an id are
         # refused, not run; notifications still run (they add nothing to the response).
         budget = self.limits.max_line_bytes if is_batch else None
-        used = 0
         for msg in messages:
             over = budget is not None and used > budget
             if isinstance(msg, Invalid):
                 if debug:
                     log.debug("%s: invalid request: %s", self.name, msg.error)
                 if not msg.silent:
-                    parts.append(_encoded(error_object(msg.id, _BATCH_FULL if over else msg.error)))
-                    used += len(parts[-1])
+                    answer(error_object(msg.id, _BATCH_FULL if over else msg.error))
                 continue
             if over and not msg.is_notification:
-                parts.append(_encoded(error_object(msg.id, _BATCH_FULL)))
-                used += len(parts[-1])
+                answer(error_object(msg.id, _BATCH_FULL))
                 continue
             started = trio.current_time() if debug else 0.0
             outcome = "ok"
@@ -396,8 +399,7 @@ class Connection:
                     (trio.current_time() - started) * 1e3,
                 )
             if not msg.is_notification:
-                parts.append(_encoded(response))
-                used += len(parts[-1])
+                answer(response)
         if not parts:
             return None
         if not is_batch:
@@ -476,9 +478,8 @@ class Connection:
                 await self._pump_changes(sub, initial, announced)
         except Exception:  # a bug: this subscription ends, the daemon and its clients go on
             log.exception("watch subscription %d failed; ended", sub.id)
-            if self.unwatch(sub.id):
-                with contextlib.suppress(Exception):
-                    await self._emit(encode_notification("overflow", {"subscription": sub.id}))
+            with contextlib.suppress(Exception):
+                await self._end_with_overflow(sub)
         finally:
             self._pump_scopes.discard(scope)
 
@@ -494,9 +495,8 @@ class Connection:
             if sub.closed:
                 return
             if sub.overflowed:
-                self.unwatch(sub.id)
                 log.info("watch subscription %d overflowed; ended", sub.id)
-                await self._emit(encode_notification("overflow", {"subscription": sub.id}))
+                await self._end_with_overflow(sub)
                 return
             for seq, change in sub.drain():
                 if snapshot and snapshot.get(change.key, 0) >= seq:
@@ -509,6 +509,11 @@ class Connection:
                         continue
                     change = current
                 await self._emit(encode_notification("change", _change_params(sub, change)))
+
+    async def _end_with_overflow(self, sub: Subscription) -> None:
+        """End ``sub`` and tell its watcher to watch again (``overflow``)."""
+        if self.unwatch(sub.id):
+            await self._emit(encode_notification("overflow", {"subscription": sub.id}))
 
     async def _current(self, change: Change) -> Change | None:
         """``change`` with the document's current value (what a later change would show);
@@ -587,10 +592,7 @@ class ApiServer:
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         try:
-            creds = stream.socket.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-            )
-            pid, uid, _gid = struct.unpack("3i", creds)
+            pid, uid = peer_credentials(stream.socket)
         except OSError:
             await stream.aclose()
             return

@@ -14,6 +14,7 @@ import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 MAX_SUN_PATH = 107
 
@@ -96,8 +97,18 @@ def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
     return sock
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end (SO_PEERCRED)."""
+class _HasSockopt(Protocol):
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+def peer_credentials(sock: _HasSockopt) -> tuple[int, int]:
+    """``(pid, uid)`` of the process at the other end (SO_PEERCRED); any socket object, a
+    trio one included."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
+
+
+def peer_uid(sock: _HasSockopt) -> int:
+    """The uid of the process at the other end (SO_PEERCRED)."""
+    return peer_credentials(sock)[1]

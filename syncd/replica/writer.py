@@ -248,7 +248,8 @@ class Writer:
         try:
             changes = store.commit()
         except BaseException as exc:
-            self._commit_failed(exc)
+            # Logged at once, then at most once a minute while the same failure repeats.
+            self._failures.note(f"a commit failed, its writes were refused: {exc}")
             # One outcome each: an outcome can be unwrapped only once.
             reports.append(([(req, outcome.Error(exc)) for req in batch], []))
             changes = None
@@ -260,11 +261,6 @@ class Writer:
             stats.requests += len(batch)
             reports.append((done, changes))
         return []
-
-    def _commit_failed(self, exc: BaseException) -> None:
-        """Log a failed commit (a full disk, an I/O error): at once the first time and when
-        the error changes, then at most once a minute while it repeats."""
-        self._failures.note(f"a commit failed, its writes were refused: {exc}")
 
     def _report(self, reports: list[Report]) -> None:
         for done, changes in reports:
