@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import tomllib
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +276,25 @@ def test_console_script_and_python_m_agree(daemon: DaemonProcess) -> None:
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1
     assert "/nonexistent/x/syncd.sock" in missing.stderr
+
+
+def test_ctrl_c_while_the_cli_is_still_loading_exits_130_without_a_traceback() -> None:
+    # A SIGINT while syncd.cli is being imported (the first moments of `syncd watch`) comes
+    # before the CLI's own handlers exist; the console script's entry point catches it.
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'syncd.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from syncd.console import main\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (130, "syncd: interrupted\n")
+    scripts = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())
+    assert scripts["project"]["scripts"]["syncd"] == "syncd.console:main"
 
 
 # --- audit fixes -----------------------------------------------------------------------------
