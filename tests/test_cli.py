@@ -390,6 +390,16 @@ def test_a_closed_pipe_still_ends_quietly(daemon: DaemonProcess) -> None:
             "the operation list is not valid Unicode text",
         ),
         (["patch", "n", "k", '{"op": "inc"}'], "the operation list must be a JSON array"),
+        (["put", "n", "k", "5"], "the document must be a JSON object, not a number"),
+        (["put", "n", "k", '"text"'], "the document must be a JSON object, not a string"),
+        (["put", "n", "k", "true"], "the document must be a JSON object, not a boolean"),
+        (["put", "n", "k", "null"], "the document must be a JSON object, not null"),
+        (["put", "n", "k", "[]"], "the document must be a JSON object, not an array"),
+        (["patch", "n", "k", "{}"], "the operation list must be a JSON array, not an object"),
+        (["put", "n", "k", "{"], "the document is not valid JSON"),
+        (["put", "n", "k", "[" * 100_000], "the document is nested too deeply"),
+        # a byte that is not UTF-8 in argv reaches Python as a lone surrogate
+        (["put", "n", "k", '{"s": "\udcff"}'], "the document is not valid UTF-8 text"),
     ],
 )
 def test_json_the_daemon_cannot_store_is_refused_before_asking_it(
@@ -405,6 +415,19 @@ def test_json_from_stdin_is_checked_the_same_way(run: Run, tmp_path: Path) -> No
         2,
         "the document (from stdin): the number 1e400",
     )
+
+
+def test_stdin_that_is_not_utf8_or_closed_is_a_usage_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    argv = [sys.executable, "-m", "syncd", "--home", str(tmp_path), "put", "n", "k", "-"]
+    bad = subprocess.run(argv, input=b'{"s": "\xff"}', capture_output=True, env=env, timeout=60)
+    fails_subprocess(
+        subprocess.CompletedProcess(bad.args, bad.returncode, "", bad.stderr.decode()),
+        2,
+        "the document (from stdin) is not valid UTF-8",
+    )
+    closed = shell_cli("--home", str(tmp_path), "put", "n", "k", "-", redirect="<&-")
+    fails_subprocess(closed, 2, "the document (from stdin): standard input is closed")
 
 
 def test_json_at_the_limits_is_stored(run: Run, daemon: DaemonProcess) -> None:

@@ -477,6 +477,64 @@ async def test_async_timeout_keeps_the_connection_usable(
         assert await client.call("second") == "second"
 
 
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"this is not json\n", "sent a malformed line: b'this is not json'"),
+        (b"[1, 2]\n", "sent a malformed line"),
+        (b"", "closed the connection"),
+        (b"x" * 5000, "is too long"),
+    ],
+    ids=["not-json", "not-an-object", "closed", "endless-line"],
+)
+async def test_a_misbehaving_daemon_is_connection_lost_for_both_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: bytes, message: str
+) -> None:
+    # The response-line limit (1 GiB) lowered so that a line without end exceeds it.
+    monkeypatch.setattr(syncd.client.async_client, "MAX_RESPONSE_LINE", 1000)
+    monkeypatch.setattr(syncd.client.protocol, "MAX_RESPONSE_LINE", 1000)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    async def script(conn: Line) -> None:
+        await conn.recv()
+        await conn.send_raw(reply)  # then the connection closes
+
+    with trio.fail_after(HANG_GUARD_S):
+        async with fake_daemon(tmp_path / "a", script) as path, open_client(path) as client:
+            with pytest.raises(ConnectionLost, match=re.escape(message)):
+                await client.status()
+            with pytest.raises(ConnectionLost):  # and stays lost
+                await client.status()
+
+    def blocking_script(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(reply)
+
+    def blocking() -> None:
+        with thread_daemon(tmp_path / "b", blocking_script) as path, Client(path) as client:
+            with pytest.raises(ConnectionLost, match=re.escape(message)):
+                client.status()
+            with pytest.raises(ConnectionLost):
+                client.status()
+
+    await trio.to_thread.run_sync(blocking)
+
+
+async def test_a_result_of_the_wrong_shape_is_a_client_error(tmp_path: Path) -> None:
+    async def script(conn: Line) -> None:
+        for result in ([1], {"nokeys": True}, {"exists": True, "value": {}}):
+            await respond(conn, (await conn.recv())["id"], result)
+        await conn.recv()
+
+    async with fake_daemon(tmp_path, script) as path, open_client(path) as client:
+        with pytest.raises(ClientError, match=r"unexpected result of status: \[1\]"):
+            await client.status()
+        with pytest.raises(ClientError, match="unexpected result of list"):
+            await client.list("n")
+        assert await client.get("n", "k") == {"exists": True, "value": {}}  # still usable
+
+
 async def test_connect_to_no_daemon(tmp_path: Path) -> None:
     with pytest.raises(DaemonNotRunning, match=re.escape(str(tmp_path / "syncd.sock"))):
         async with open_client(home=tmp_path):

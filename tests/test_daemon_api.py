@@ -261,6 +261,19 @@ async def test_method_not_found(conn: Line) -> None:
         ("sync", {"ns": "n", "timeout_s": -1}, "timeout_s"),
         ("sync", {"ns": "n", "timeout_s": "soon"}, "timeout_s"),
         ("status", {"verbose": True}, "verbose"),
+        ("trust", {"device_id": 7}, "device_id"),
+        ("trust", {"device_id": OTHER, "addresses": "10.0.0.1:1"}, "addresses"),
+        (
+            "trust",
+            {"device_id": OTHER, "addresses": [f"10.0.0.1:{p}" for p in range(1, 66)]},
+            "addresses",
+        ),
+        ("trust", {"device_id": OTHER, "addresses": [80]}, "addresses"),
+        ("untrust", {}, "device_id"),
+        ("unwatch", {"subscription": "1"}, "subscription"),
+        ("unwatch", {"subscription": 1.5}, "subscription"),
+        ("unwatch", {}, "subscription"),
+        ("delete", {"ns": "n", "key": "a", "existed": True}, "existed"),
     ],
 )
 async def test_invalid_params_name_the_param(
