@@ -19,6 +19,7 @@ from syncd.replica import (
     Put,
     SchemaTooNewError,
     Store,
+    StoreError,
     doclog,
     schema,
 )
@@ -277,6 +278,23 @@ def test_foreign_sqlite_database_is_refused(db: Path) -> None:
     conn.close()
     with pytest.raises(CorruptDatabaseError, match="did not create"):
         Store(db)
+
+
+def test_another_applications_database_is_refused(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(CorruptDatabaseError, match=r"not a syncd database \(application_id 0x4d2"):
+        Store(db)
+
+
+def test_a_database_path_that_cannot_be_read_names_it(db: Path) -> None:
+    db.mkdir(parents=True)  # a directory where the database should be
+    with pytest.raises(StoreError, match=f"{db}: cannot read the database"):
+        Store(db)
+    assert db.is_dir() and not any(db.iterdir())
 
 
 def test_newer_schema_is_refused(db: Path) -> None:
