@@ -151,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--docs", type=int, default=100_000)
     p.add_argument("--edits", type=int, default=10_000)
+    p.add_argument("--touched", type=int, default=1000, help="documents the edits go to")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if not 1 <= args.touched <= args.docs:
+        p.error(f"--touched must be from 1 to --docs ({args.docs})")
     result: dict[str, Any] = {"edit_bytes": edit_bytes()}
-    result.update(catch_up(args.docs, args.edits))
+    result.update(catch_up(args.docs, args.edits, args.touched))
     result["mesh5_copies_per_edit"] = mesh5()
     result["rounds_64"] = rounds_64()
     result["log2_64"] = math.log2(64)
