@@ -20,6 +20,7 @@ from syncd import __version__, jsontext
 from syncd.cli_output import OutputError, flush, json_text, print_json, show, write
 from syncd.client import Client, ClientError, DaemonNotRunning, RemoteError
 from syncd.config import (
+    MAX_ADDRESSES,
     Config,
     ConfigError,
     check_device_name,
@@ -285,7 +286,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
             print_json({"device_id": identity.device_id, "created": False})
         else:
             write(identity.device_id + "\n")
-            sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
+        sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
         if paths.config_file.exists():
             _not_applied(args, paths, load_config(paths.config_file))
         return EXIT_OK
@@ -442,7 +443,10 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 parse_listen(addr)
             except ValueError as exc:
                 raise UsageError(f"--addr {addr!r}: {exc}") from None
-            addrs.append(addr)
+            if addr not in addrs:
+                addrs.append(addr)
+        if len(addrs) > MAX_ADDRESSES:
+            raise UsageError(f"--addr: at most {MAX_ADDRESSES} addresses ({len(addrs)} given)")
         params: dict[str, Any] = {"device_id": _device(args.device_id)}
         if args.name is not None:
             params["name"] = _device_name(args.name, "--name")

@@ -33,6 +33,10 @@ _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+MAX_ADDRESSES = 64
+"""How many static addresses one trusted device may have."""
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` into (host, port); raise ``ValueError`` saying what is wrong.
 

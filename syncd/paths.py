@@ -9,9 +9,11 @@ Precedence, first match wins, per directory:
    (default ``~/.local/state/syncd``), ``$XDG_RUNTIME_DIR/syncd``; with no
    ``$XDG_RUNTIME_DIR`` the socket lives in the state directory.
 
-``$SYNCD_SOCKET`` (or the CLI's ``--socket``) overrides only the socket a *client* connects to
+``--socket`` (or ``$SYNCD_SOCKET``) overrides only the socket a *client* connects to
 (:attr:`Paths.socket`); the daemon always binds :attr:`Paths.daemon_socket` in its runtime
 directory, so pointing a client elsewhere can never move or replace another instance's socket.
+A ``--home`` given on the command line beats ``$SYNCD_SOCKET`` (a flag names the instance
+meant now; the variable is a standing default, e.g. for a system instance), not ``--socket``.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ def resolve_paths(
     env: Mapping[str, str] | None = None,
     socket: str | os.PathLike[str] | None = None,
 ) -> Paths:
-    """The instance's paths for ``--home`` (or None) in environment ``env`` (default os.environ)."""
+    """The instance's paths for ``--home`` and ``--socket`` (or None) in environment ``env``
+    (default os.environ)."""
     env = os.environ if env is None else env
+    if not socket and not home:
+        socket = env.get("SYNCD_SOCKET") or None
     home = home or env.get("SYNCD_HOME") or None
-    socket = socket or env.get("SYNCD_SOCKET") or None
     if home is not None:
         root = Path(home).expanduser().absolute()
         sock = Path(socket).absolute() if socket else root / SOCKET_FILE

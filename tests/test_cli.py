@@ -90,8 +90,9 @@ def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
     status, out, err = run("--home", str(tmp_path / "open"), "init")
     assert status == 0
     assert f"made {tmp_path / 'open'} private: mode 0700 (it was 0755)" in err
-    js = json.loads(ok(run("--home", home, "--json", "init")))
-    assert js == {"device_id": device_id, "created": False}
+    status, out, err = run("--home", home, "--json", "init")
+    assert (status, json.loads(out)) == (0, {"device_id": device_id, "created": False})
+    assert "already initialized" in err  # said on stderr with --json too
 
 
 def test_init_rejects_bad_listen(run: Run, tmp_path: Path) -> None:
@@ -278,6 +279,17 @@ def test_console_script_and_python_m_agree(daemon: DaemonProcess) -> None:
     assert "/nonexistent/x/syncd.sock" in missing.stderr
 
 
+def test_home_on_the_command_line_beats_syncd_socket(
+    run: Run, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    # A user who exported $SYNCD_SOCKET for a system instance and names another home on the
+    # command line means that home (the contract: its socket is DIR/syncd.sock).
+    run.monkeypatch.setenv("SYNCD_SOCKET", str(tmp_path / "system.sock"))
+    status = json.loads(ok(run("--home", str(daemon.home), "--json", "status")))
+    assert status["device_id"]
+    fails(run("--json", "status"), 3, str(tmp_path / "system.sock"))  # no --home: the variable
+
+
 def test_ctrl_c_while_the_cli_is_still_loading_exits_130_without_a_traceback() -> None:
     # A SIGINT while syncd.cli is being imported (the first moments of `syncd watch`) comes
     # before the CLI's own handlers exist; the console script's entry point catches it.
@@ -384,7 +396,14 @@ def test_a_closed_pipe_still_ends_quietly(daemon: DaemonProcess) -> None:
             ["patch", "n", "k", '[{"op": "add", "path": ["s"], "value": 18446744073709551616}]'],
             "ops[0].value holds the integer",
         ),
-        (["patch", "n", "k", '[{"op": "inc", "path": ["c"], "by": 9223372036854775808}]'], "64"),
+        (
+            ["patch", "n", "k", '[{"op": "inc", "path": ["c"], "by": 18446744073709551616}]'],
+            "2**64",
+        ),
+        (
+            ["patch", "n", "k", '[{"op": "make", "path": ["c"], "type": "counter", "value": "x"}]'],
+            "ops[0].value must be an integer to make a counter",
+        ),
         (
             ["patch", "n", "k", '[{"op": "insert", "path": ["t"], "index": 0, "text": "\\udfff"}]'],
             "the operation list is not valid Unicode text",
@@ -451,6 +470,7 @@ def test_json_at_the_limits_is_stored(run: Run, daemon: DaemonProcess) -> None:
         ["trust", OTHER, "--addr", "\udcff:1"],
         ["trust", OTHER, "--addr", "[::1]:0"],
         ["trust", OTHER, "--name", "a\u200bb"],
+        ["trust", OTHER, *(a for port in range(1, 66) for a in ("--addr", f"10.0.0.1:{port}"))],
     ],
 )
 def test_bad_addresses_and_names_are_usage_errors(

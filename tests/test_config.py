@@ -227,6 +227,17 @@ def test_systemd_directories_win_over_xdg() -> None:
     assert paths.socket == Path("/run/syncd/syncd.sock")
 
 
+def test_home_on_the_command_line_beats_the_socket_variable(tmp_path: Path) -> None:
+    # $SYNCD_SOCKET is a standing default (say, for a system instance); `--home DIR` names
+    # the instance meant now, and the contract puts its socket at DIR/syncd.sock.
+    env = {"SYNCD_SOCKET": "/run/syncd/alice/syncd.sock", "SYNCD_HOME": "/elsewhere"}
+    assert resolve_paths(tmp_path, env=env).socket == tmp_path / "syncd.sock"
+    assert resolve_paths(tmp_path, env=env, socket="/s").socket == Path("/s")  # --socket wins
+    assert resolve_paths(None, env=env).socket == Path("/run/syncd/alice/syncd.sock")
+    xdg = {"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1", "SYNCD_SOCKET": "/x.sock"}
+    assert resolve_paths(None, env=xdg).socket == Path("/x.sock")
+
+
 def test_socket_override_only_moves_the_socket(tmp_path: Path) -> None:
     paths = resolve_paths(tmp_path, env={}, socket="/x/y.sock")
     assert paths.socket == Path("/x/y.sock")
@@ -234,7 +245,7 @@ def test_socket_override_only_moves_the_socket(tmp_path: Path) -> None:
 
 
 def test_the_daemon_socket_ignores_the_client_override(tmp_path: Path) -> None:
-    paths = resolve_paths(tmp_path, env={"SYNCD_SOCKET": "/x/y.sock"})
+    paths = resolve_paths(None, env={"SYNCD_HOME": str(tmp_path), "SYNCD_SOCKET": "/x/y.sock"})
     assert paths.socket == Path("/x/y.sock")
     assert paths.daemon_socket == tmp_path / "syncd.sock"
     xdg = resolve_paths(

@@ -502,15 +502,21 @@ async def test_a_counter_cannot_overflow(conn: Line) -> None:
     assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": [top]}))
     one = {"op": "inc", "path": ["c"], "by": 1}
     error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [one]}), -32000, "too_large")
-    for by in (2**63, -(2**63) - 1, 2**64 - 1):  # storable numbers no counter can take
+    for by in (2**63, 2**64 - 1):  # storable numbers the counter's share cannot take
         beyond = {"op": "inc", "path": ["c"], "by": by}
         error(
             await conn.call("patch", {"ns": "n", "key": "k", "ops": [beyond]}), -32000, "too_large"
         )
     huge = {"op": "inc", "path": ["c"], "by": 2**64}  # not even a storable number
     error(await conn.call("patch", {"ns": "n", "key": "k", "ops": [huge]}), -32602)
-    error(await conn.call("put", {"ns": "n", "key": "k", "value": {"c": 2**63}}), -32000)
     assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": 2**63 - 1}
+    # Whether an inc fits depends on the result, not on `by` alone.
+    down = {"op": "inc", "path": ["c"], "by": -(2**64) + 1}
+    assert result(await conn.call("patch", {"ns": "n", "key": "k", "ops": [down]}))
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": -(2**63)}
+    # A put of a number no counter can show makes the field equal to it, as a register.
+    assert result(await conn.call("put", {"ns": "n", "key": "k", "value": {"c": 2**63}}))
+    assert result(await conn.call("get", {"ns": "n", "key": "k"}))["value"] == {"c": 2**63}
 
 
 async def test_unknown_members_of_an_operation_are_refused(conn: Line) -> None:
@@ -710,6 +716,15 @@ async def test_trust_refuses_names_and_addresses_it_could_not_show(
 ) -> None:
     error(await conn.call("trust", {"device_id": OTHER, **params}), -32602, "invalid_params")
     assert result(await conn.call("peers"))["peers"] == []
+
+
+async def test_too_many_addresses_are_refused_as_such(conn: Line) -> None:
+    addrs = [f"10.0.0.1:{port}" for port in range(1, 66)]
+    err = error(
+        await conn.call("trust", {"device_id": OTHER, "addresses": addrs}), -32602, "invalid_params"
+    )
+    assert err["message"] == "param 'addresses' may list at most 64 addresses (65 given)"
+    assert result(await conn.call("trust", {"device_id": OTHER, "addresses": addrs[:64]}))
 
 
 async def test_repeated_addresses_are_kept_once_and_sharing_with_itself_is_refused(

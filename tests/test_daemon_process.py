@@ -557,16 +557,19 @@ def test_run_ignores_the_client_socket_override(tmp_path: Path) -> None:
     with daemon_process(tmp_path / "a") as first:
         first_id = first.call("status")["device_id"]
         stray = tmp_path / "elsewhere" / "other.sock"
-        with daemon_process(tmp_path / "b", SYNCD_SOCKET=str(first.socket)) as second:
-            assert second.socket == tmp_path / "b" / "syncd.sock"
-            second_id = second.call("status")["device_id"]
-            assert second_id != first_id
-            assert first.call("status")["device_id"] == first_id
-            assert "ignoring --socket/$SYNCD_SOCKET" in second.stderr()
-            assert second.stop() == 0
-        with daemon_process(tmp_path / "c", SYNCD_SOCKET=str(stray)) as third:
-            assert third.call("status")["version"]
-            assert not stray.parent.exists()
-            assert third.stop() == 0
+        for name, override in (("b", first.socket), ("c", stray)):
+            home = tmp_path / name
+            env = {"SYNCD_HOME": str(home), "SYNCD_SOCKET": str(override)}
+            other = DaemonProcess(home, env, home_option=False)  # the home from $SYNCD_HOME
+            try:
+                other.start()
+                assert other.socket == home / "syncd.sock"
+                assert other.call("status")["device_id"] != first_id
+                assert first.call("status")["device_id"] == first_id
+                assert "ignoring --socket/$SYNCD_SOCKET" in other.stderr()
+                assert other.stop() == 0
+            finally:
+                other.close()
+        assert not stray.parent.exists()
         assert first.call("status")["device_id"] == first_id
         assert first.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -183,7 +184,9 @@ def test_every_patch_operation() -> None:
         ([{"op": "insert", "path": ["t"], "index": 0, "values": [1]}], "type_mismatch"),
         ([{"op": "set", "path": ["t", 0], "value": 1}], "type_mismatch"),
         ([{"op": "delete", "path": ["nope"], "index": 0, "count": 1}], "invalid_path"),
-        ([{"op": "make", "path": ["c"], "type": "counter", "value": "x"}], "type_mismatch"),
+        ([{"op": "set", "path": ["m", 0, "x"], "value": 1}], "type_mismatch"),
+        ([{"op": "set", "path": [0], "value": 1}], "invalid_path"),
+        ([{"op": "set", "path": ["l", 0, "x"], "value": 1}], "invalid_path"),
         ([{"op": "set", "path": [], "value": 3}], "type_mismatch"),
         ([{"op": "del", "path": []}], "invalid_path"),
     ],
@@ -191,6 +194,8 @@ def test_every_patch_operation() -> None:
 def test_bad_operations_change_nothing(ops: list[dict[str, Any]], reason: str) -> None:
     doc, c = fresh("r1")
     patch(doc, c, {"op": "make", "path": ["t"], "type": "text", "value": "ab"})
+    patch(doc, c, {"op": "make", "path": ["m"], "type": "map"})
+    patch(doc, c, {"op": "insert", "path": ["l"], "index": 0, "values": [{"x": 1}]})
     before = doc.copy()
     next_dot = c.next
     with pytest.raises(PatchError) as info:
@@ -215,6 +220,12 @@ def test_bad_operations_change_nothing(ops: list[dict[str, Any]], reason: str) -
         [{"op": "insert", "path": ["a"], "index": 0, "text": "x", "values": []}],
         [{"op": "make", "path": ["a"], "type": "blob"}],
         [{"op": "set", "path": [True], "value": 1}],
+        [{"op": "make", "path": ["c"], "type": "counter", "value": "x"}],
+        [{"op": "make", "path": ["c"], "type": "counter", "value": 1.5}],
+        [{"op": "make", "path": ["t"], "type": "text", "value": 5}],
+        [{"op": "make", "path": ["s"], "type": "set", "value": {}}],
+        [{"op": "make", "path": ["l"], "type": "list", "value": "ab"}],
+        [{"op": "make", "path": ["m"], "type": "map", "value": []}],
     ],
 )
 def test_malformed_operations_are_invalid_params(raw: Any) -> None:
@@ -251,6 +262,95 @@ def test_the_depth_limit_counts_the_path_too(op: str) -> None:
     with pytest.raises(PatchError):
         patch(doc, c, {"op": "insert", "path": ["l", *deep_path[1:]], "index": 0, "values": [[1]]})
     assert decode_document(encode_document(doc)).render() == doc.render()  # readable
+
+
+def test_make_with_a_null_value_starts_from_the_types_initial_value() -> None:
+    doc, c = fresh("r1")
+    for t in ("text", "counter", "set", "list", "map", "register"):
+        patch(doc, c, {"op": "make", "path": [t], "type": t, "value": None})
+    assert doc.render() == {
+        "text": "",
+        "counter": 0,
+        "set": [],
+        "list": [],
+        "map": {},
+        "register": None,
+    }
+
+
+def test_set_elements_sit_one_level_below_the_set() -> None:
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "add", "path": ["s"], "value": nested(31)})  # the set + 31 = 32
+    with pytest.raises(PatchError) as info:
+        parse_ops([{"op": "add", "path": ["s"], "value": nested(32)}])
+    assert info.value.reason == "too_large"
+    assert "as an element of the set" in str(info.value)
+    with pytest.raises(PatchError):  # make refuses the same element
+        parse_ops([{"op": "make", "path": ["s"], "type": "set", "value": [nested(32)]}])
+    again, c2 = fresh("r2")
+    shown = doc.render()
+    assert shown is not None
+    again.put(shown, c2)  # what get shows can be put back
+    assert again.render() == doc.render()
+
+
+def render(doc: Document) -> dict[str, Any]:
+    shown = doc.render()
+    assert shown is not None
+    return shown
+
+
+def test_a_register_tells_zero_from_negative_zero() -> None:
+    doc, c = fresh("r1")
+    doc.put({"r": 0.0}, c)
+    assert not doc.put({"r": -0.0}, c).is_bottom()
+    assert math.copysign(1.0, render(doc)["r"]) == -1.0
+    assert doc.put({"r": -0.0}, c).is_bottom()  # now it is the current value
+    assert not doc.put({"r": 0.0}, c).is_bottom()
+    assert math.copysign(1.0, render(doc)["r"]) == 1.0
+
+
+def test_setting_a_list_item_to_the_value_it_holds_changes_nothing() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "insert", "path": ["l"], "index": 0, "values": [{"a": 1}, 2, 0.0]})
+    for index, same in ((0, {"a": 1}), (1, 2)):
+        delta = doc.patch(parse_ops([{"op": "set", "path": ["l", index], "value": same}]), c)
+        assert delta.is_bottom()
+    for index, other in ((1, 2.0), (2, -0.0), (0, {"a": 2})):
+        delta = doc.patch(parse_ops([{"op": "set", "path": ["l", index], "value": other}]), c)
+        assert not delta.is_bottom()
+    assert doc.render() == {"l": [{"a": 2}, 2.0, -0.0]}
+
+
+def test_a_counter_takes_any_inc_its_share_can_hold() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "inc", "path": ["c"], "by": -1})
+    patch(doc, c, {"op": "inc", "path": ["c"], "by": 2**63})  # by alone is beyond 64 bits
+    assert doc.render() == {"c": 2**63 - 1}
+    with pytest.raises(PatchError) as info:
+        patch(doc, c, {"op": "inc", "path": ["c"], "by": 1})
+    assert info.value.reason == "too_large"
+    patch(doc, c, {"op": "inc", "path": ["c"], "by": -(2**64) + 1})
+    assert doc.render() == {"c": -(2**63)}
+
+
+def test_a_put_of_a_number_no_counter_share_can_show_replaces_the_counter() -> None:
+    doc, c = fresh("r1")
+    patch(doc, c, {"op": "inc", "path": ["c"], "by": -5})
+    doc.put({"c": 2**63 - 1}, c)  # the share moves by 2**63 + 4 and still fits
+    patch(doc, c, {"op": "inc", "path": ["c"], "by": -1})  # still a counter
+    assert doc.render() == {"c": 2**63 - 2}
+    doc.put({"c": 2**63}, c)  # no share can show it: the field becomes a register
+    assert doc.render() == {"c": 2**63}
+    with pytest.raises(PatchError) as info:
+        patch(doc, c, {"op": "inc", "path": ["c"], "by": 1})
+    assert info.value.reason == "type_mismatch"
 
 
 # -- merge rules -----------------------------------------------------------------------------

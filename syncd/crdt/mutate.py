@@ -8,6 +8,7 @@ contexts, removed dots only into the delta's context.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from syncd.crdt import ops as O
@@ -43,30 +44,19 @@ def _check_counter(total: int) -> None:
         )
 
 
-def _check_make_value(tag: str, value: Any) -> None:
-    ok = {
-        TEXT: isinstance(value, str),
-        COUNTER: is_int(value),
-        SET: isinstance(value, list),
-        LIST: isinstance(value, list),
-        MAP: isinstance(value, dict),
-        REGISTER: True,
-    }[tag]
-    if not ok:
-        raise PatchError(
-            f"a {tag} cannot start from {canonical(value)[:60]}", reason="type_mismatch"
-        )
-
-
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = (str, int, bool, type(None))
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    """JSON equality (``1`` is not ``1.0`` nor ``true``), cheap for scalars."""
-    if type(a) is not type(b):
+    """JSON equality (``1`` is not ``1.0`` nor ``true``, ``0.0`` is not ``-0.0``), cheap for
+    scalars."""
+    t = type(a)
+    if t is not type(b):
         return False
-    if type(a) in _SCALARS:
+    if t in _SCALARS:
         return bool(a == b)
+    if t is float:
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
     return canonical(a) == canonical(b)
 
 
@@ -250,7 +240,7 @@ class Change:
             for key in target:
                 if key not in st.elems:
                     self._add((path, key))
-        elif tag == COUNTER and is_int(value):
+        elif tag == COUNTER and is_int(value) and self._counter_can_show(st, value):
             self._remove_field(mp, name, keep=tag)
             by = value - sum(st.values())
             if by:
@@ -282,6 +272,13 @@ class Change:
         for k, v in value.items():
             self._put_field(path, k, v)
 
+    def _counter_can_show(self, st: dict[Dot, int], value: int) -> bool:
+        """Whether this device's share of the counter ``st`` can make it show ``value``
+        (a share is a signed 64-bit integer; a number beyond that does not fit a counter)."""
+        r = self.counter.replica
+        others = sum(v for d, v in st.items() if d[0] != r)
+        return O.COUNTER_MIN <= value - others <= O.COUNTER_MAX
+
     def _inc(self, path: FieldPath, by: int) -> None:
         st = self.doc._store_at(path)
         r = self.counter.replica
@@ -299,10 +296,11 @@ class Change:
         mp: FieldPath = ()
         m = doc.root
         for i, name in enumerate(names):
-            if not isinstance(name, str):
+            if not isinstance(name, str):  # (after a field that is a map, or at the root)
+                where = _shown(doc, mp) if mp else "the document"
                 raise PatchError(
-                    f"path element {name!r} indexes into a list; list items hold values only",
-                    reason="invalid_path",
+                    f"path element {name!r} indexes into {where}, which is a map, not a list",
+                    reason="type_mismatch",
                 )
             variants = m.fields.get(name)
             w = stores.winner(variants) if variants else None
@@ -319,10 +317,15 @@ class Change:
                     mp = (*mp, (rest, MAP))
                 return mp
             if w[0] != MAP:
-                raise PatchError(
-                    f"{_shown(doc, (*mp, (name, w[0])))} is a {w[0]}, not a map",
-                    reason="type_mismatch",
-                )
+                shown = _shown(doc, (*mp, (name, w[0])))
+                after = names[i + 1] if i + 1 < len(names) else None
+                if w[0] == LIST and type(after) is int:
+                    raise PatchError(
+                        f"path element {after!r} indexes into the list {shown}, and a path "
+                        "cannot go inside a list item (items hold values only)",
+                        reason="invalid_path",
+                    )
+                raise PatchError(f"{shown} is a {w[0]}, not a map", reason="type_mismatch")
             mp = (*mp, (name, MAP))
             m = w[1]
         return mp
@@ -369,7 +372,6 @@ class Change:
 
     def _apply_make(self, op: O.Make) -> None:
         value = op.value if op.has_value else _DEFAULTS[op.type]
-        _check_make_value(op.type, value)
         loc = self._field(op.path, create=True)
         assert loc is not None
         self._make(loc[0], loc[1], op.type, value)
@@ -444,6 +446,8 @@ class Change:
                 f"no list item at {'/'.join(map(str, op.path))}", reason="invalid_path"
             )
         if isinstance(op, O.Set):
+            if _same_value(self.doc._seqs[path].seq.item(index), op.value):
+                return  # put semantics: the item already holds this value
             self._seq_delete(path, index, 1)
             self._seq_insert(path, index, [op.value])
         elif isinstance(op, O.Del):

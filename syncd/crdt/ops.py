@@ -7,6 +7,7 @@ applied, and reported as :class:`PatchError` with a reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,13 +173,28 @@ def _nonneg_int(i: int, raw: dict[str, Any], name: str) -> int:
     return v
 
 
+_MAKE_VALUE_FITS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "text": ("a string", lambda v: type(v) is str),
+    "counter": ("an integer", is_int),
+    "set": ("an array", lambda v: type(v) is list),
+    "list": ("an array", lambda v: type(v) is list),
+    "map": ("an object", lambda v: type(v) is dict),
+    "register": ("any value", lambda v: True),
+}
+
+
 def _parse_make(i: int, raw: dict[str, Any], path: Path) -> Op:
     t = _need(i, raw, "type")
     if t not in TYPE_NAMES:
         raise InvalidOperation(f"ops[{i}].type must be one of {', '.join(TYPE_NAMES)}")
     value = raw.get("value")
+    if value is None:  # absent or null: the type's initial value
+        return Make(path, t, None, False)
+    expected, fits = _MAKE_VALUE_FITS[t]
+    if not fits(value):
+        raise InvalidOperation(f"ops[{i}].value must be {expected} to make a {t}")
     _check_at(value, f"ops[{i}].value", path)
-    return Make(path, t, value, "value" in raw)
+    return Make(path, t, value, True)
 
 
 def _parse_set(i: int, raw: dict[str, Any], path: Path) -> Op:
@@ -197,24 +213,36 @@ def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
         raise InvalidOperation(f"ops[{i}].by must be an integer")
     if not -INT_LIMIT < by < INT_LIMIT:
         raise InvalidOperation(f"ops[{i}].by must lie between -2**64 and 2**64")
-    if not COUNTER_MIN <= by <= COUNTER_MAX:  # a storable number, but no counter can take it
-        raise PatchError(
-            f"ops[{i}].by would take the counter out of its 64-bit range (-2**63 to 2**63-1)",
-            reason="too_large",
-        )
+    # Whether the counter can take it depends on its value (this device's share must stay a
+    # signed 64-bit integer): checked when the operation is applied.
     return Inc(path, by)
 
 
 def _parse_add(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    _check_at(value, f"ops[{i}].value", path)
+    _check_element(value, f"ops[{i}].value", path)
     return Add(path, value)
 
 
 def _parse_remove(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    _check_at(value, f"ops[{i}].value", path)
+    _check_element(value, f"ops[{i}].value", path)
     return Remove(path, value)
+
+
+def _check_element(value: Any, what: str, path: Path) -> None:
+    """:func:`_check_at` for an element of the set at ``path``: it sits one level below the
+    set itself (the set shows as an array), as the elements of ``make``'s value do."""
+    try:
+        check_value(value, what, len(path) + 1)
+    except PatchError as exc:
+        if exc.reason != "too_large":
+            raise
+        raise PatchError(
+            f"{what} as an element of the set at a path of {len(path)} levels would nest the "
+            f"document deeper than {MAX_DEPTH} levels",
+            reason="too_large",
+        ) from None
 
 
 def _parse_insert(i: int, raw: dict[str, Any], path: Path) -> Op:

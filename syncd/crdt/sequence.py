@@ -80,6 +80,13 @@ class Sequence(SeqJoin):
                     out.extend(p.val)
         return out
 
+    def item(self, index: int) -> Any:
+        """Visible item ``index`` (``0 <= index < len(self)``): a character or a list value."""
+        if self._lz is not None:
+            self._mat()
+        blk, pi, offset = self._locate(index)
+        return blk.items[pi].val[offset]
+
     def is_bottom(self) -> bool:
         """True when the sequence holds no node at all."""
         if self._lz is not None:

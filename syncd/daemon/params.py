@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from syncd import jsontext
-from syncd.config import check_device_name, parse_listen
+from syncd.config import MAX_ADDRESSES, check_device_name, parse_listen
 from syncd.daemon.rpc import RpcError, invalid_params
 from syncd.deviceid import InvalidDeviceId, parse_device_id
 from syncd.names import name_problem
@@ -132,8 +132,13 @@ class Params:
         value = self._get(name)
         if value is None:
             return []
-        if not isinstance(value, list) or len(value) > 64:
+        if not isinstance(value, list):
             raise invalid_params(f"param {name!r} must be an array of HOST:PORT", param=name)
+        if len(value) > MAX_ADDRESSES:
+            raise invalid_params(
+                f"param {name!r} may list at most {MAX_ADDRESSES} addresses ({len(value)} given)",
+                param=name,
+            )
         out = []
         for item in value:
             try:
