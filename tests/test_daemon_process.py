@@ -375,6 +375,45 @@ def test_hostile_clients_leave_the_daemon_serving(home: Path) -> None:
         assert d.stop() == 0
 
 
+def test_running_out_of_file_descriptors_pauses_accepting_instead_of_crashing(
+    home: Path,
+) -> None:
+    # Under a descriptor limit of 64, 100 clients that hold their connections open make
+    # accept() fail with EMFILE: the daemon logs it, keeps its open connections served, and
+    # accepts again once clients leave.
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    d = DaemonProcess(home, prefix=[prlimit, "--nofile=64:64", "--"])
+    held: list[socket.socket] = []
+    try:
+        d.start()
+        first = RawConn(d.socket)
+        for _ in range(100):  # past the limit; those not accepted wait in the listen backlog
+            s = socket.socket(socket.AF_UNIX)
+            held.append(s)
+            s.connect(str(d.socket))
+        message = "cannot accept API connections: Too many open files"
+        deadline = time.monotonic() + 30
+        while message not in d.stderr():
+            assert d.proc is not None and d.proc.poll() is None, d.stderr()
+            assert time.monotonic() < deadline, d.stderr()
+            time.sleep(0.01)
+        first.send(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+        assert first.recv()["id"] == 1  # an open connection is still served
+        for s in held:
+            s.close()
+        held.clear()
+        assert d.call("put", ns="n", key="k", value={"v": 1}) == {"ok": True}
+        first.close()
+        assert "Traceback" not in d.stderr()
+        assert d.stop() == 0
+    finally:
+        for s in held:
+            s.close()
+        d.close()
+
+
 def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
     d = DaemonProcess(home)
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import logging
 import os
@@ -58,6 +59,12 @@ from syncd.logrepeat import RepeatLimiter
 log = logging.getLogger("syncd.api")
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 64
+ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+"""accept() errors that mean the process or system is out of a resource: wait and retry."""
+ACCEPT_RETRY_S = 0.1
+MAX_REFUSALS_IN_PROGRESS = 32
+"""Refused connections that get their one-line reason at once; past that they are closed
+without it (a client flooding the socket must not exhaust the daemon's descriptors)."""
 RECEIVE_CHUNK = 256 * 1024
 
 # Subscriptions started by the request being handled in this task: their pumps may send only
@@ -563,6 +570,8 @@ class ApiServer:
         self._stopping = False
         self._uid = os.getuid()
         self._refusals = RepeatLimiter(log, "refused connections")
+        self._refusing = 0  # refusals being sent (each holds its connection up to 1 s)
+        self._accept_failures = RepeatLimiter(log, "failed accepts", logging.ERROR)
         self.executing = 0
         """Lines read and not yet run, on every connection (shutdown waits for them)."""
         self._idle = trio.Event()
@@ -585,7 +594,19 @@ class ApiServer:
                 with self._accept_scope:
                     async with listener:
                         while True:
-                            stream = await listener.accept()
+                            try:
+                                stream = await listener.accept()
+                            except OSError as exc:
+                                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                                    raise
+                                # Out of file descriptors or memory: the connections that
+                                # are open go on; accepting resumes once some have closed.
+                                self._accept_failures.note(
+                                    f"cannot accept API connections: {exc.strerror} "
+                                    f"({len(self.connections)} connections open); retrying"
+                                )
+                                await trio.sleep(ACCEPT_RETRY_S)
+                                continue
                             nursery.start_soon(self._serve_one, stream)
         finally:
             self._done.set()
@@ -612,7 +633,14 @@ class ApiServer:
                 f"too many connections (limit {limits.max_connections})", "too_many_connections"
             )
         if refusal is not None:
-            await self._refuse(stream, refusal)
+            if self._refusing >= MAX_REFUSALS_IN_PROGRESS:
+                await stream.aclose()  # no file descriptors held for a flood of refusals
+                return
+            self._refusing += 1
+            try:
+                await self._refuse(stream, refusal)
+            finally:
+                self._refusing -= 1
             return
         if self._stopping:
             await stream.aclose()
