@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -369,6 +370,25 @@ def test_opens_and_migrates_a_schema_1_database(db: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     conn.close()
     assert check_database(db) == []
+
+
+def test_a_failed_migration_reports_its_own_error_not_the_rollback(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After some errors (a full disk) SQLite has already rolled the transaction back; the
+    # ROLLBACK that followed then failed and its "no transaction is active" hid the cause.
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION - 1}")
+    conn.close()
+
+    def disk_full(conn: sqlite3.Connection, build_index: Any) -> None:
+        conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setitem(schema.MIGRATIONS, schema.SCHEMA_VERSION - 1, disk_full)
+    with pytest.raises(StoreError, match="database or disk is full"):
+        Store(db)
 
 
 # -- lazy loading ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -174,7 +174,7 @@ class StoreCore:
                 ranges.settle_own_contexts(conn, rids)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                schema.rollback_quietly(conn)
                 raise
         except sqlite3.Error as exc:
             self._conn.close()
@@ -239,9 +239,7 @@ class StoreCore:
         """Discard the open batch and every in-memory state it may have touched."""
         if self._in_tx:
             self._in_tx = False
-            # The transaction may already be gone after an I/O error.
-            with suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+            schema.rollback_quietly(self._conn)  # (it may already be gone after an I/O error)
         self._batch = False
         self.poisoned = False
         self._changes = []

@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from syncd.replica.errors import (
@@ -119,6 +120,15 @@ CREATE TABLE doc_deltas (
 IndexBuilder = Callable[[sqlite3.Connection], None]
 
 
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, raising nothing: called while an error is on
+    its way out, which must not be replaced by "cannot rollback" (SQLite rolls back by itself
+    after some errors, such as a full disk)."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
     """Translate an ``sqlite3`` error into a :class:`StoreError` that names the file."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -176,11 +186,15 @@ def _create_file(path: Path, build_index: IndexBuilder) -> None:
 
 def _create(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    for statement in _statements(SCHEMA_V1 + SCHEMA_V2_ADDITIONS + SCHEMA_V4_ADDITIONS):
-        conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    conn.execute("COMMIT")
+    try:
+        for statement in _statements(SCHEMA_V1 + SCHEMA_V2_ADDITIONS + SCHEMA_V4_ADDITIONS):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
 
 
 def _statements(script: str) -> list[str]:
@@ -264,7 +278,7 @@ def _prepare(
                 conn.execute(f"PRAGMA user_version = {version + 1}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback_quietly(conn)
                 raise
             version += 1
     except sqlite3.Error as exc:
