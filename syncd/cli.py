@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, NoReturn
 
 from syncd import __version__, jsontext
@@ -297,6 +298,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     if kept is None:
         write_initial_config(paths, name, listen)
         load_config(paths.config_file)  # prove the file we wrote is valid
+    _create_database(paths)
     if args.json:
         print_json({"device_id": identity.device_id, "created": True})
     else:
@@ -306,6 +308,15 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     if kept is not None:
         _not_applied(args, paths, kept)
     return EXIT_OK
+
+
+def _create_database(paths: Paths) -> None:
+    """Make the (empty) database with the identity: a home whose identity has no database
+    is one whose database was lost, which `syncd run` then warns about."""
+    from syncd.replica import DatabaseLockedError, Store  # here: slow to import
+
+    with suppress(DatabaseLockedError):  # a daemon started on this home meanwhile made it
+        Store(paths.database).close()
 
 
 def _not_applied(args: argparse.Namespace, paths: Paths, config: Config) -> None:

@@ -39,3 +39,13 @@ class RepeatLimiter:
         extra = f" ({left_out} more {self._what} since the last message)" if left_out else ""
         self._logger.log(self._level, "%s%s", text, extra)
         self._last, self._last_logged = text, now
+
+    def recovered(self, text: str) -> None:
+        """The trouble is over: log ``text`` (at INFO) if anything was noted since the last
+        recovery, with the count of what was left out, and start afresh."""
+        if not self._last:
+            return
+        left_out, self._unlogged = self._unlogged, 0
+        extra = f" (after {left_out} more {self._what})" if left_out else ""
+        self._logger.info("%s%s", text, extra)
+        self._last, self._last_logged = "", -float("inf")

@@ -73,6 +73,7 @@ def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
     device_id = ok(run("--home", home, "init", "--name", "lap", "--listen", "127.0.0.1:9"))
     device_id = device_id.strip()
     assert (tmp_path / "h" / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "h" / "syncd.db").is_file()  # so a missing one later means it was lost
     config = (tmp_path / "h" / "config.toml").read_text()
     assert 'name = "lap"' in config
     assert 'listen = "127.0.0.1:9"' in config

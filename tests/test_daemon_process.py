@@ -414,6 +414,35 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_crashing(
         d.close()
 
 
+def test_a_database_deleted_under_the_daemon_refuses_writes_and_is_reported(home: Path) -> None:
+    from syncd.client import ApplicationError, Client
+
+    init = subprocess.run(
+        [sys.executable, "-m", "syncd", "--home", str(home), "init"], capture_output=True
+    )
+    assert init.returncode == 0, init.stderr
+    with daemon_process(home) as d:
+        assert "no database" not in d.stderr()  # init made it: a first run is not a loss
+        d.call("put", ns="n", key="before", value={"v": 1})
+        for f in home.glob("syncd.db*"):
+            if not f.name.endswith(".lock"):
+                f.unlink()
+        with Client(d.socket) as client:
+            with pytest.raises(ApplicationError) as info:
+                client.put("n", "after", {"v": 2})
+            assert info.value.reason == "database_replaced"
+            assert "the database file was deleted while syncd had it open" in str(info.value)
+            assert client.get("n", "before")["value"] == {"v": 1}  # still served from memory
+        assert "a commit failed, its writes were refused" in d.stderr()
+        assert d.stop() == 0
+    with daemon_process(home) as d:  # the restart says what happened before starting afresh
+        assert f"no database at {home / 'syncd.db'} although this home has an identity" in (
+            d.stderr()
+        )
+        assert d.call("list", ns="n") == {"keys": []}
+        assert d.stop() == 0
+
+
 def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
     d = DaemonProcess(home)
     try:

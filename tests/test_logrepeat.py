@@ -28,3 +28,20 @@ def test_a_repeated_message_is_logged_once_per_interval_with_a_count(
         "disk full",
         "disk full (1 more refusals since the last message)",
     ]
+
+
+def test_recovery_is_logged_once_after_trouble_and_resets(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RepeatLimiter(logging.getLogger("t"), "failures")
+    with caplog.at_level(logging.INFO, logger="t"):
+        limiter.recovered("fine again")  # nothing went wrong: nothing said
+        limiter.note("disk full")
+        limiter.note("disk full")
+        limiter.note("disk full")
+        limiter.recovered("fine again")
+        limiter.recovered("fine again")  # said once
+        limiter.note("disk full")  # a new episode is logged at once, not left out
+    assert [r.getMessage() for r in caplog.records] == [
+        "disk full",
+        "fine again (after 2 more failures)",
+        "disk full",
+    ]

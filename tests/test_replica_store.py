@@ -13,7 +13,10 @@ from syncd.errors import InvalidOperation, PatchError, SyncdError
 from syncd.replica import (
     CorruptDatabaseError,
     DatabaseLockedError,
+    DatabaseReplacedError,
     Delete,
+    DiskFullError,
+    DiskIOError,
     InvalidDeltaError,
     InvalidKeyError,
     Patch,
@@ -389,6 +392,41 @@ def test_a_failed_migration_reports_its_own_error_not_the_rollback(
     monkeypatch.setitem(schema.MIGRATIONS, schema.SCHEMA_VERSION - 1, disk_full)
     with pytest.raises(StoreError, match="database or disk is full"):
         Store(db)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_writes_are_refused_once_the_database_file_is_gone(db: Path, how: str) -> None:
+    # Acknowledging writes into a file nothing will open again would lose them for sure.
+    with Store(db) as s:
+        s.apply_local("n", "before", Put({"v": 1}))
+        for f in db.parent.glob(db.name + "*"):
+            if f.name != db.name + ".lock":
+                f.rename(f.with_name(f.name + ".moved"))
+        if how == "replaced":  # a new, empty database where the old one was
+            other = db.with_name("other.sqlite3")
+            Store(other).close()
+            other.rename(db)
+        with pytest.raises(DatabaseReplacedError, match=f"{db}: the database file was {how}"):
+            s.apply_local("n", "after", Put({"v": 2}))
+        assert s.get("n", "before").value == {"v": 1}  # reads still work
+        with pytest.raises(DatabaseReplacedError):
+            s.apply_local("n", "after", Put({"v": 2}))
+
+
+def test_sqlite_errors_map_to_reasons(db: Path) -> None:
+    def err(code: int) -> sqlite3.Error:
+        exc = sqlite3.OperationalError("x")
+        exc.sqlite_errorcode = code
+        return exc
+
+    for code, cls in (
+        (13, DiskFullError),
+        (10 | (3 << 8), DiskIOError),
+        (11, CorruptDatabaseError),
+    ):
+        got = schema.database_error(db, "commit failed", err(code))
+        assert type(got) is cls and str(got).startswith(f"{db}: commit failed: x")
+    assert DiskFullError.reason == "disk_full" and DiskIOError.reason == "io_error"
 
 
 # -- lazy loading ---------------------------------------------------------------------------------

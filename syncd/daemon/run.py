@@ -220,6 +220,14 @@ async def run_daemon(
             make_private_dir(paths.state_dir)
             lock.acquire()
             identity, created = prepare_home(paths)
+            if not created and not paths.database.exists():
+                log.warning(
+                    "no database at %s although this home has an identity: starting with an "
+                    "empty one (if this device had documents, stop syncd and restore %s from "
+                    "a backup)",
+                    paths.database,
+                    paths.database.name,
+                )
             if created:
                 log.info("created identity %s in %s", identity.device_id, paths.state_dir)
                 try:

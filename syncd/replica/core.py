@@ -23,6 +23,7 @@ from syncd.replica.cache import LRUCache
 from syncd.replica.errors import (
     CorruptDatabaseError,
     DatabaseLockedError,
+    DatabaseReplacedError,
     InvalidKeyError,
     StoreError,
 )
@@ -136,6 +137,7 @@ class StoreCore:
                 raise CorruptDatabaseError(f"{self.path}: migration failed: {exc}") from exc
             if created:
                 _fsync_dir(self.path.parent)
+            self._file_id = _file_id(self.path)
             if check:
                 schema.quick_check(self._conn, self.path)
             self._settle_own_contexts()
@@ -223,6 +225,7 @@ class StoreCore:
                 if not self._conn.in_transaction:
                     raise StoreError(f"{self.path}: the transaction was aborted by SQLite")
                 self._hook("flushed")
+                self._check_file()
                 self._conn.execute("COMMIT")
                 self._in_tx = False
                 self._hook("committed")
@@ -234,6 +237,22 @@ class StoreCore:
         self._batch = False
         changes, self._changes = self._changes, []
         return changes
+
+    def _check_file(self) -> None:
+        """Refuse to commit into a database file that is no longer at :attr:`path` (deleted,
+        or replaced by another file, while open): the write would be acknowledged and then
+        lost, as nothing will open that file again."""
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._file_id:
+            what = "deleted" if now is None else "replaced by another file"
+            raise DatabaseReplacedError(
+                f"{self.path}: the database file was {what} while syncd had it open; writes "
+                "are refused. Put the database back (or restore it from a backup) and restart "
+                "syncd; a restart without it starts an empty database"
+            )
 
     def rollback(self) -> None:
         """Discard the open batch and every in-memory state it may have touched."""
@@ -674,6 +693,12 @@ def _lock(path: Path) -> int:
             f"{path}: the database is in use by another process (lock {lock_path})"
         ) from None
     return fd
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """Which file ``path`` names now (device and inode)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _fsync_dir(directory_path: Path) -> None:

@@ -15,6 +15,25 @@ class StoreError(SyncdError):
     reason = "store_error"
 
 
+class DiskFullError(StoreError):
+    """The database's file system is full (a write failed; the database is unchanged)."""
+
+    reason = "disk_full"
+
+
+class DiskIOError(StoreError):
+    """The operating system reported an I/O error on the database file."""
+
+    reason = "io_error"
+
+
+class DatabaseReplacedError(StoreError):
+    """The database file was deleted or replaced while the store had it open: writes are
+    refused, since they would go to a file nobody will open again."""
+
+    reason = "database_replaced"
+
+
 class CorruptDatabaseError(StoreError):
     """The database file is not a readable syncd database, or part of it is damaged."""
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from syncd.replica.errors import (
     CorruptDatabaseError,
     DatabaseLockedError,
+    DiskFullError,
+    DiskIOError,
     SchemaTooNewError,
     StoreError,
 )
@@ -142,6 +144,10 @@ def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
         )
     if primary in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
         return DatabaseLockedError(message)
+    if primary == 13:  # SQLITE_FULL
+        return DiskFullError(message)
+    if primary == 10:  # SQLITE_IOERR
+        return DiskIOError(message)
     return StoreError(message)
 
 

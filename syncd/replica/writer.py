@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 import outcome
 
 from syncd.logrepeat import RepeatLimiter
-from syncd.replica.errors import ReplicaClosedError
+from syncd.replica.errors import ReplicaClosedError, StoreError
 from syncd.replica.model import Change
 from syncd.replica.store import Store
 
@@ -120,7 +120,9 @@ class Writer:
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
-        self._failures = RepeatLimiter(log, "failed commits")
+        self._failures = RepeatLimiter(log, "store failures", logging.ERROR)
+        """Failed commits and requests the store refused: at once, then once a minute while
+        the same one repeats, and a line when commits succeed again."""
         self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
         self._thread.start()
 
@@ -239,6 +241,8 @@ class Writer:
         store.begin()
         for i, req in enumerate(batch):
             result = outcome.capture(req.fn, store)
+            if isinstance(result, outcome.Error) and isinstance(result.error, StoreError):
+                self._failures.note(f"a request failed: {result.error}")
             if store.poisoned:
                 store.rollback()
                 reports.append(([(req, result)], []))
@@ -257,6 +261,8 @@ class Writer:
         if timed:
             stats.batch_s_avg += (time.perf_counter() - started - stats.batch_s_avg) / 4
         if changes is not None:
+            if timed:
+                self._failures.recovered("commits succeed again")
             stats.commits += 1
             stats.requests += len(batch)
             reports.append((done, changes))
