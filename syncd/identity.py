@@ -10,6 +10,7 @@ The private key file is written with mode 0600 in a directory of mode 0700.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -108,16 +109,27 @@ def make_certificate(
 
 
 def write_file_durably(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode``, durably (fsync file and directory)."""
+    """Write ``data`` to ``path`` atomically with ``mode``, durably (fsync file and directory).
+
+    On failure (a full disk) nothing is left behind: ``path`` is untouched and the temporary
+    file is removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
@@ -173,8 +185,10 @@ def create_identity(state_dir: Path) -> Identity:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_file_durably(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    write_file_durably(key_path, key_pem, 0o600)
+    # The key first: a key without its certificate is completed at the next load, while a
+    # certificate without its key is an identity lost (see _incomplete).
+    _write(key_path, key_pem, 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return Identity(device_id_from_public_key(key.public_key()), key, cert, key_path, cert_path)
 
 
@@ -221,8 +235,16 @@ def load_identity(state_dir: Path) -> Identity:
         raise IdentityError(f"{cert_path} is not a valid certificate: {exc}") from None
     if cert is None or device_id_from_certificate(cert) != device_id:
         cert = make_certificate(key)
-        write_file_durably(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return Identity(device_id, key, cert, key_path, cert_path)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """:func:`write_file_durably`, failing with an error that names the file."""
+    try:
+        write_file_durably(path, data, mode)
+    except OSError as exc:
+        raise IdentityError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _incomplete(key_path: Path, cert_path: Path) -> IdentityError:

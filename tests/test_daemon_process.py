@@ -221,6 +221,17 @@ def test_terminal_logging_has_timestamps_and_log_level(home: Path) -> None:
     assert " INFO syncd.daemon: stopped" in last
 
 
+def test_a_lock_file_that_cannot_be_opened_is_named_with_what_failed(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    (home / "syncd.lock").mkdir()
+    d = DaemonProcess(home)
+    try:
+        last = d.start_failing().splitlines()[-1]
+        assert last.endswith(f"cannot open the lock file {home / 'syncd.lock'}: Is a directory")
+    finally:
+        d.close()
+
+
 def test_a_file_where_the_socket_goes_is_left_alone_and_named(home: Path) -> None:
     home.mkdir(mode=0o700)
     (home / "syncd.sock").write_text("mine")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -168,3 +170,32 @@ def test_a_shared_directory_is_not_made_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(own.stat().st_mode) == 0o700
     assert ensure_private_dir(own) is None
     assert ensure_private_dir(tmp_path / "new" / "dir") is None  # created private
+
+
+@pytest.mark.parametrize("failing", ["key.pem", "cert.pem"])
+def test_a_full_disk_during_creation_leaves_a_usable_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    real_write = os.write
+    written: list[str] = []
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        name = os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[1]
+        written.append(name)
+        if name == failing + ".tmp":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("syncd.identity.os.write", write)
+    with pytest.raises(IdentityError, match=f"cannot write {tmp_path / failing}: No space left"):
+        create_identity(tmp_path)
+    assert written[0] == "key.pem.tmp"  # the key first: a certificate alone is a lost identity
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr("syncd.identity.os.write", real_write)  # space freed
+    if failing == "key.pem":
+        assert not list(tmp_path.iterdir())  # nothing half-made: init simply runs again
+        created = create_identity(tmp_path)
+    else:
+        created = load_identity(tmp_path)  # the key is there; its certificate is re-issued
+    assert load_identity(tmp_path).device_id == created.device_id
+    assert (tmp_path / "cert.pem").exists()
