@@ -8,8 +8,10 @@ the same keys for users.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -270,10 +272,29 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "<config>") -> Con
     )
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (a FIFO
+    put in its place would block the reader, a device would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{path}: larger than {limit} bytes; not a config file?")
+    return data
+
+
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; a missing file means all defaults."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = _read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         return Config(name=default_name(), source=None)
     except UnicodeDecodeError:

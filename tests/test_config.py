@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -86,6 +87,20 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path.write_bytes(b'name = "\xff"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # nobody writes to it: reading would block for ever
+    with pytest.raises(ConfigError, match=f"{fifo}: not a regular file"):
+        load_config(fifo)
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(tmp_path / "dir.toml")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_config(big)
 
 
 def test_initial_config_is_valid_and_documents_every_key() -> None:
