@@ -454,6 +454,22 @@ def test_a_database_deleted_under_the_daemon_refuses_writes_and_is_reported(home
         assert d.stop() == 0
 
 
+def test_a_socket_that_cannot_be_removed_at_stop_is_reported(home: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.getuid() != 0:
+        pytest.skip("needs root and setpriv to run the daemon without capabilities")
+    no_caps = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
+    d = DaemonProcess(home, prefix=no_caps)
+    try:
+        d.start()
+        home.chmod(0o500)  # without CAP_DAC_OVERRIDE even root cannot unlink in it now
+        assert d.stop() == 0
+        assert f"cannot remove the socket {home / 'syncd.sock'}: Permission denied" in d.stderr()
+    finally:
+        home.chmod(0o700)
+        d.close()
+
+
 def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
     d = DaemonProcess(home)
     try:

@@ -310,11 +310,20 @@ async def _serve(
                 nursery.cancel_scope.cancel()
         finally:
             remove_listener()
-            with contextlib.suppress(OSError):
-                if socket_path.stat().st_ino == bound:
-                    socket_path.unlink()
+            _remove_socket(socket_path, bound)
     log.info("stopped")
     return 0
+
+
+def _remove_socket(path: Path, inode: int) -> None:
+    """Remove the socket this daemon bound, unless another one has replaced it since."""
+    try:
+        if path.stat().st_ino == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the next start removes a stale socket; a client sees it refused
+        log.warning("cannot remove the socket %s: %s", path, exc.strerror)
 
 
 def _reload(paths: Paths, settings: Settings) -> None:
