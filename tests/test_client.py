@@ -535,6 +535,51 @@ async def test_a_result_of_the_wrong_shape_is_a_client_error(tmp_path: Path) -> 
         assert await client.get("n", "k") == {"exists": True, "value": {}}  # still usable
 
 
+async def test_initial_values_do_not_count_against_the_client_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon paces initial values by the connection; a consumer that does some work per
+    # note must not see its snapshot end in an overflow, again at every resubscription.
+    monkeypatch.setattr(syncd.client.protocol, "WATCH_BUFFER", 16)
+    async with running_api(tmp_path) as api, open_client(api.socket) as client:
+        for i in range(300):
+            await client.put("n", f"k{i:03}", {"i": i})
+        async with await client.watch("n", initial=True, buffer=16) as sub:
+            await client.status()  # the reader takes in far more than 16 meanwhile
+            keys = [(await sub.receive())["params"]["key"] for _ in range(300)]
+            assert keys == [f"k{i:03}" for i in range(300)]
+            for i in range(20):  # live changes nobody reads still count
+                await client.put("n", "live", {"i": i})
+            notes = [await sub.receive() for _ in range(17)]
+            assert [n["method"] for n in notes] == ["change"] * 16 + ["overflow"]
+
+    def daemon(conn: socket.socket) -> None:
+        send_line(
+            conn, {"jsonrpc": "2.0", "id": read_request(conn)["id"], "result": {"subscription": 1}}
+        )
+        status = read_request(conn)
+        for i in range(300):  # the snapshot comes before the answer to the next call
+            params = {"subscription": 1, "key": f"k{i:03}", "initial": True}
+            send_line(conn, {"jsonrpc": "2.0", "method": "change", "params": params})
+        send_line(conn, {"jsonrpc": "2.0", "id": status["id"], "result": {}})
+        wait_closed(conn)
+
+    def blocking() -> None:
+        with thread_daemon(tmp_path / "fake", daemon) as path, Client(path) as c:
+            c.watch("n", initial=True)
+            c.status()  # buffers the whole snapshot on the way to its answer
+            got: list[str] = []
+            for note in c.notifications():
+                assert note["method"] == "change", (len(got), note)
+                got.append(note["params"]["key"])
+                if len(got) == 300:
+                    break
+            assert got == [f"k{i:03}" for i in range(300)]
+
+    (tmp_path / "fake").mkdir()
+    await trio.to_thread.run_sync(blocking)
+
+
 async def test_connect_to_no_daemon(tmp_path: Path) -> None:
     with pytest.raises(DaemonNotRunning, match=re.escape(str(tmp_path / "syncd.sock"))):
         async with open_client(home=tmp_path):

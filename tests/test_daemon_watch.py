@@ -269,3 +269,54 @@ async def test_a_document_deleted_during_the_initial_snapshot_is_reported_delete
             ("a", False, True),
             ("b", True, False),  # was: nothing at all for "b"
         ]
+
+
+async def test_a_watcher_reading_at_full_speed_does_not_overflow_on_its_snapshot(
+    tmp_path: Path,
+) -> None:
+    # 200 documents of 50 kB and a queue of 8. While the snapshot is being sent, a writer
+    # changes 150 of them, some already sent and some not: the changes of documents not sent
+    # yet are in their initial values, the others go out between the initial ones. Queued
+    # behind the whole snapshot they overflowed the queue, and a resubscription the same way.
+    pad = "x" * 50_000
+    async with (
+        running_api(tmp_path, ApiConfig(watch_queue=8)) as api,
+        line_connection(api.socket) as w,
+        line_connection(api.socket) as c,
+    ):
+        for i in range(200):
+            await c.call("put", {"ns": "n", "key": f"k{i:03}", "value": {"v": 0, "pad": pad}})
+        await w.send("watch", {"ns": "n", "initial": True})
+        sub = (await w.recv())["result"]["subscription"]
+        seen: dict[str, int] = {}
+        initial_keys: set[str] = set()
+
+        async def write() -> None:
+            for n in range(150):  # 150 different documents, spread over the snapshot's order
+                key = f"k{(n * 37) % 200:03}"
+                await c.call("put", {"ns": "n", "key": key, "value": {"v": n + 1, "pad": pad}})
+
+        async with trio.open_nursery() as nursery:
+            first = await next_notification(w)  # the snapshot has begun
+            seen[first["params"]["key"]] = first["params"]["value"]["v"]
+            initial_keys.add(first["params"]["key"])
+            nursery.start_soon(write)
+            with trio.fail_after(60):
+                while len(initial_keys) < 200 or nursery.child_tasks:
+                    note = await next_notification(w)
+                    assert note["method"] == "change", note
+                    params = note["params"]
+                    seen[params["key"]] = params["value"]["v"]
+                    if params.get("initial"):
+                        initial_keys.add(params["key"])
+        # Whatever the writes queued after the last read has come too once this one is seen.
+        await c.call("put", {"ns": "n", "key": "zz", "value": {"v": 0}})
+        with trio.fail_after(30):
+            while "zz" not in seen:
+                note = await next_notification(w)
+                assert note["method"] == "change", note
+                seen[note["params"]["key"]] = note["params"]["value"]["v"]
+        for i in range(200):
+            got = await c.call("get", {"ns": "n", "key": f"k{i:03}"})
+            assert seen[f"k{i:03}"] == got["result"]["value"]["v"]
+        assert [s.id for s in api.hub._subs.values()] == [sub]  # never overflowed

@@ -32,6 +32,7 @@ from syncd.client.protocol import (
     check_timeout,
     device_list,
     encode_tail,
+    is_initial,
     not_running,
     parse_line,
     refusal,
@@ -61,8 +62,10 @@ class AsyncSubscription:
     """A watch subscription of an :class:`AsyncClient`.
 
     Iterate it (``async for note in sub``) or :meth:`receive` for notifications
-    (``{"method": "change", "params": {...}}``). It buffers up to ``buffer`` notifications;
-    when the daemon reports an overflow, or the buffer is full because nobody reads, it ends
+    (``{"method": "change", "params": {...}}``). It buffers up to ``buffer`` notifications
+    of changes (initial values, which the daemon sends only as fast as they are read from the
+    connection, are not counted); when the daemon reports an overflow, or the buffer is full
+    because nobody reads, it ends
     with one ``{"method": "overflow", "params": {"subscription": id}}`` (watch again with
     ``initial=True`` to catch up). When the connection is lost, iterating raises
     :class:`ConnectionLost` after the buffered notifications. ``async with`` closes it.
@@ -71,19 +74,23 @@ class AsyncSubscription:
     def __init__(self, client: AsyncClient, sub_id: int, buffer: int = WATCH_BUFFER) -> None:
         self.client = client
         self.id = sub_id
-        self._send, self._recv = trio.open_memory_channel[dict[str, Any]](buffer)
+        self._send, self._recv = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._buffer = buffer
+        self._live = 0  # buffered notifications that count against the buffer
         self._overflowed = False  # ended by an overflow not yet handed out
         self._lost: str | None = None  # ended by the loss of the connection
         self._closed = False
 
     def _offer(self, msg: dict[str, Any]) -> bool:
         """Buffer a notification without waiting; False when the buffer is full."""
+        live = not is_initial(msg)
+        if live and self._live >= self._buffer:
+            return False
         try:
             self._send.send_nowait(msg)
-        except trio.WouldBlock:
-            return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            return True
+        self._live += live
         return True
 
     def _end(self, *, overflow: bool = False, lost: str | None = None) -> None:
@@ -105,7 +112,7 @@ class AsyncSubscription:
         (after its ``overflow`` notification, if any), :class:`ConnectionLost` if the
         connection was lost."""
         try:
-            return await self._recv.receive()
+            msg = await self._recv.receive()
         except trio.EndOfChannel:
             if self._overflowed:
                 self._overflowed = False
@@ -113,6 +120,8 @@ class AsyncSubscription:
             if self._lost is not None:
                 raise ConnectionLost(self._lost) from None
             raise
+        self._live -= not is_initial(msg)
+        return msg
 
     async def aclose(self) -> None:
         """Unsubscribe (idempotent): tasks iterating the subscription stop after what it holds."""

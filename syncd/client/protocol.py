@@ -242,6 +242,14 @@ class Correlator:
         return owner
 
 
+def is_initial(msg: dict[str, Any]) -> bool:
+    """Whether a notification is an initial value of a ``watch`` with ``initial: true``:
+    those are paced by the daemon (it sends them only as fast as the connection is read) and
+    bounded by the documents watched, so the clients' buffers do not count them."""
+    params = msg.get("params")
+    return isinstance(params, dict) and params.get("initial") is True
+
+
 def parse_line(line: bytes, path: Path) -> dict[str, Any]:
     try:
         msg = json.loads(line)

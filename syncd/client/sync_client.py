@@ -274,6 +274,9 @@ class Client:
             return  # ended: what still comes before the daemon hears of it is dropped
         if msg.get("method") == "overflow":
             self._overflowed.add(sub)
+        elif protocol.is_initial(msg):
+            self._notifications.append(msg)  # not counted (see protocol.is_initial)
+            return
         elif self._queued.get(sub, 0) >= protocol.WATCH_BUFFER:
             self._overflowed.add(sub)
             self._unwatch_due.add(sub)
@@ -287,7 +290,7 @@ class Client:
         msg = self._notifications.popleft()
         params = msg.get("params")
         sub = params.get("subscription") if isinstance(params, dict) else None
-        if isinstance(sub, int) and sub in self._queued:
+        if isinstance(sub, int) and sub in self._queued and not protocol.is_initial(msg):
             self._queued[sub] -= 1
             if not self._queued[sub]:
                 del self._queued[sub]

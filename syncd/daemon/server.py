@@ -459,6 +459,7 @@ class Connection:
             except BaseException:
                 self.unwatch(sub.id)
                 raise
+            sub.pending.update(keys)
         announced = trio.Event()
         _announcements.get().append(announced)
         assert self._work is not None
@@ -505,17 +506,22 @@ class Connection:
                 log.info("watch subscription %d overflowed; ended", sub.id)
                 await self._end_with_overflow(sub)
                 return
-            for seq, change in sub.drain():
-                if snapshot and snapshot.get(change.key, 0) >= seq:
-                    continue  # older than what the snapshot already sent
-                if change.value is None and not change.deleted:
-                    # Made while no subscription wanted its value (this one started as the
-                    # change was being committed): show the current document instead.
-                    current = await self._current(change)
-                    if current is None:
-                        continue
-                    change = current
-                await self._emit(encode_notification("change", _change_params(sub, change)))
+            await self._send_queued(sub, snapshot)
+
+    async def _send_queued(self, sub: Subscription, snapshot: dict[str, int]) -> None:
+        """Send the changes queued for ``sub``, but none older than the initial value
+        already sent of its document."""
+        for seq, change in sub.drain():
+            if snapshot and snapshot.get(change.key, 0) >= seq:
+                continue  # older than what the snapshot already sent
+            if change.value is None and not change.deleted:
+                # Made while no subscription wanted its value (this one started as the
+                # change was being committed): show the current document instead.
+                current = await self._current(change)
+                if current is None:
+                    continue
+                change = current
+            await self._emit(encode_notification("change", _change_params(sub, change)))
 
     async def _end_with_overflow(self, sub: Subscription) -> None:
         """End ``sub`` and tell its watcher to watch again (``overflow``)."""
@@ -543,6 +549,7 @@ class Connection:
             if sub.closed or sub.overflowed:
                 return
             seq = self.server.hub.seq
+            deletion = sub.take_pending(key)  # its changes from now on are queued
             try:
                 doc = await store.get(sub.ns, key)
             except SyncdError as exc:  # a damaged document: the others are still sent
@@ -552,8 +559,12 @@ class Connection:
                 snapshot[key] = seq
                 change = Change(sub.ns, key, doc.value, False, "local")
                 await self._emit(encode_notification("change", _change_params(sub, change, True)))
-            # (One deleted since the subscription started sends nothing here: its queued
-            # deletion is not skipped, so the watcher hears of it.)
+            elif deletion is not None:  # deleted since the subscription started
+                await self._emit(encode_notification("change", _change_params(sub, deletion)))
+            # (One deleted after this read: its queued deletion is not skipped.)
+            # Changes of documents already sent (or new ones) go out as they come, so that
+            # they do not pile up behind a long snapshot.
+            await self._send_queued(sub, snapshot)
 
 
 class ApiServer:

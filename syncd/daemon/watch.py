@@ -29,6 +29,13 @@ class Subscription:
         self.limit = limit
         self.queue: dict[str, tuple[int, Change]] = {}
         """Changes not yet sent, the latest per key, in the order of those latest changes."""
+        self.pending: set[str] = set()
+        """Keys whose initial value (``initial: true``) is still to be read: their changes
+        are not queued, since the value read later holds them (a watcher must not overflow
+        on its own snapshot while documents are being written)."""
+        self.pending_deleted: dict[str, Change] = {}
+        """The deletion of a pending key, if that was its last change (sent if the document
+        is then gone, so that the watcher hears of it)."""
         self.overflowed = False
         self.closed = False
         self._wakeup = trio.Event()
@@ -46,6 +53,12 @@ class Subscription:
         """
         if self.closed or self.overflowed:
             return
+        if change.key in self.pending:
+            if change.deleted:
+                self.pending_deleted[change.key] = change
+            else:
+                self.pending_deleted.pop(change.key, None)
+            return
         queue = self.queue
         if queue.pop(change.key, None) is None and len(queue) >= self.limit:
             self.overflowed = True
@@ -54,10 +67,18 @@ class Subscription:
             queue[change.key] = (seq, change)
         self._wakeup.set()
 
+    def take_pending(self, key: str) -> Change | None:
+        """``key``'s initial value is being read now: its later changes are queued again.
+        Returns its deletion if one came while it was pending."""
+        self.pending.discard(key)
+        return self.pending_deleted.pop(key, None)
+
     def close(self) -> None:
         """End the subscription (unwatch or connection gone)."""
         self.closed = True
         self.queue.clear()
+        self.pending.clear()
+        self.pending_deleted.clear()
         self._wakeup.set()
 
     async def wait(self) -> None:
