@@ -287,9 +287,16 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
             print_json({"device_id": identity.device_id, "created": False})
         else:
             write(identity.device_id + "\n")
-        sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
         if paths.config_file.exists():
+            sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
             _not_applied(args, paths, load_config(paths.config_file))
+        else:  # an init cut short (a full disk) or a config removed: the options apply now
+            write_initial_config(paths, name, listen)
+            load_config(paths.config_file)
+            sys.stderr.write(
+                f"syncd: already initialized in {paths.state_dir}; wrote the missing "
+                f"{paths.config_file}\n"
+            )
         return EXIT_OK
     kept: Config | None = None
     if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything

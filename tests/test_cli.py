@@ -96,6 +96,18 @@ def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
     assert "already initialized" in err  # said on stderr with --json too
 
 
+def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) -> None:
+    # An init cut short after the identity (a full disk) is completed by running it again.
+    home = tmp_path / "h"
+    device_id = ok(run("--home", str(home), "init")).strip()
+    (home / "config.toml").unlink()
+    status, out, err = run("--home", str(home), "init", "--name", "lap", "--listen", "h:9")
+    assert (status, out.strip()) == (0, device_id)
+    assert f"wrote the missing {home / 'config.toml'}" in err
+    config = (home / "config.toml").read_text()
+    assert 'name = "lap"' in config and 'listen = "h:9"' in config
+
+
 def test_init_rejects_bad_listen(run: Run, tmp_path: Path) -> None:
     fails(run("--home", str(tmp_path), "init", "--listen", "nohost"), 2, "--listen")
 

@@ -12,6 +12,7 @@ from syncd.client import AsyncClient, InvalidParams, NotFound, open_client
 from syncd.config import ApiConfig
 from syncd.crdt import Document
 from syncd.daemon.store import Change
+from syncd.replica import StoreError
 from tests.daemon_harness import Line, line_connection, request_line, running_api
 
 
@@ -320,3 +321,60 @@ async def test_a_watcher_reading_at_full_speed_does_not_overflow_on_its_snapshot
             got = await c.call("get", {"ns": "n", "key": f"k{i:03}"})
             assert seen[f"k{i:03}"] == got["result"]["value"]["v"]
         assert [s.id for s in api.hub._subs.values()] == [sub]  # never overflowed
+
+
+async def test_a_change_made_while_the_snapshot_is_listed_is_in_the_initial_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as w:
+        for key in ("a", "b"):
+            await api.store.put("n", key, {"v": 0})
+        real_list = api.store.list_keys
+
+        async def list_changing_b(ns: str, prefix: str = "") -> list[str]:
+            keys = await real_list(ns, prefix)
+            await api.store.put("n", "b", {"v": 1})  # published before the snapshot starts
+            return keys
+
+        monkeypatch.setattr(api.store, "list_keys", list_changing_b)
+        await w.send("watch", {"ns": "n", "initial": True})
+        assert "subscription" in (await w.recv())["result"]
+        notes = [(await next_notification(w))["params"] for _ in range(2)]
+        assert [(n["key"], n["value"], n.get("initial")) for n in notes] == [
+            ("a", {"v": 0}, True),
+            ("b", {"v": 1}, True),  # was: a live b first, then the same value as initial
+        ]
+        await api.store.put("n", "a", {"v": 2})  # and nothing else was queued for b
+        note = (await next_notification(w))["params"]
+        assert (note["key"], note["value"]) == ("a", {"v": 2})
+
+
+async def test_changes_of_a_document_whose_initial_read_fails_still_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as w:
+        for key in ("a", "b", "c"):
+            await api.store.put("n", key, {"v": 0})
+        real_get = api.store.get
+        failed: list[str] = []
+
+        async def flaky_get(ns: str, key: str, *, conflicts: bool = False) -> Any:
+            if key == "a":  # while "a" is read, "b" changes and "c" is deleted
+                await api.store.put("n", "b", {"v": 1})
+                await api.store.delete("n", "c")
+            if key in ("b", "c") and key not in failed:
+                failed.append(key)
+                raise StoreError(f"cannot read {key} just now")
+            return await real_get(ns, key, conflicts=conflicts)
+
+        monkeypatch.setattr(api.store, "get", flaky_get)
+        await w.send("watch", {"ns": "n", "initial": True})
+        assert "subscription" in (await w.recv())["result"]
+        with trio.fail_after(10):  # (they never came: a regression hangs here otherwise)
+            notes = [(await next_notification(w))["params"] for _ in range(3)]
+        got = {(n["key"], str(n["value"]), n["deleted"], n.get("initial", False)) for n in notes}
+        assert got == {
+            ("a", "{'v': 0}", False, True),
+            ("b", "{'v': 1}", False, False),  # read again when sent: its current value
+            ("c", "None", True, False),  # its deletion, kept while it was pending
+        }

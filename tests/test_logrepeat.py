@@ -45,3 +45,18 @@ def test_recovery_is_logged_once_after_trouble_and_resets(caplog: pytest.LogCapt
         "fine again (after 2 more failures)",
         "disk full",
     ]
+
+
+def test_a_kind_keeps_varying_details_from_defeating_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = RepeatLimiter(logging.getLogger("t"), "failures")
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for open_connections in (5, 6, 7):
+            limiter.note(f"out of files ({open_connections} open)", kind="EMFILE")
+        limiter.note("disk full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of files (5 open)",
+        "out of files (5 open) (2 more failures)",
+        "disk full",
+    ]

@@ -413,6 +413,23 @@ def test_writes_are_refused_once_the_database_file_is_gone(db: Path, how: str) -
             s.apply_local("n", "after", Put({"v": 2}))
 
 
+def test_a_database_file_that_cannot_be_checked_is_an_io_error(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db) as s:
+        s.apply_local("n", "a", Put({"v": 1}))
+
+        def unreadable(path: Path) -> tuple[int, int]:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(replica_core, "_file_id", unreadable)
+        with pytest.raises(DiskIOError, match="cannot check the database file: Permission denied"):
+            s.apply_local("n", "b", Put({"v": 2}))
+        monkeypatch.undo()
+        s.apply_local("n", "b", Put({"v": 2}))  # and the store goes on once it can
+        assert s.get("n", "b").value == {"v": 2}
+
+
 def test_sqlite_errors_map_to_reasons(db: Path) -> None:
     def err(code: int) -> sqlite3.Error:
         exc = sqlite3.OperationalError("x")

@@ -459,7 +459,7 @@ class Connection:
             except BaseException:
                 self.unwatch(sub.id)
                 raise
-            sub.pending.update(keys)
+            sub.start_pending(keys)
         announced = trio.Event()
         _announcements.get().append(announced)
         assert self._work is not None
@@ -554,6 +554,7 @@ class Connection:
                 doc = await store.get(sub.ns, key)
             except SyncdError as exc:  # a damaged document: the others are still sent
                 log.error("watch subscription %d: cannot read %r: %s", sub.id, key, exc)
+                sub.return_pending(seq, key, deletion)  # tried again as a live change
                 continue
             if doc.exists:
                 snapshot[key] = seq
@@ -614,7 +615,8 @@ class ApiServer:
                                 # are open go on; accepting resumes once some have closed.
                                 self._accept_failures.note(
                                     f"cannot accept API connections: {exc.strerror} "
-                                    f"({len(self.connections)} connections open); retrying"
+                                    f"({len(self.connections)} connections open); retrying",
+                                    kind=f"accept errno {exc.errno}",
                                 )
                                 await trio.sleep(ACCEPT_RETRY_S)
                                 continue

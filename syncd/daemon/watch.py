@@ -67,6 +67,23 @@ class Subscription:
             queue[change.key] = (seq, change)
         self._wakeup.set()
 
+    def start_pending(self, keys: list[str]) -> None:
+        """The initial values of ``keys`` are to be sent: from now on their changes wait for
+        those values, and what is queued for them already is in them too (a deletion is
+        kept, as in :meth:`offer`)."""
+        for key in keys:
+            queued = self.queue.pop(key, None)
+            if queued is not None and queued[1].deleted:
+                self.pending_deleted[key] = queued[1]
+        self.pending.update(keys)
+
+    def return_pending(self, seq: int, key: str, deletion: Change | None) -> None:
+        """The initial value of ``key`` could not be read: what it would have held is
+        queued as a live change instead (its deletion, or a change whose value is read
+        when it is sent)."""
+        change = deletion or Change(self.ns, key, None, False, "local")
+        self.offer(seq, change)
+
     def take_pending(self, key: str) -> Change | None:
         """``key``'s initial value is being read now: its later changes are queued again.
         Returns its deletion if one came while it was pending."""

@@ -24,6 +24,7 @@ from syncd.replica.errors import (
     CorruptDatabaseError,
     DatabaseLockedError,
     DatabaseReplacedError,
+    DiskIOError,
     InvalidKeyError,
     StoreError,
 )
@@ -246,6 +247,10 @@ class StoreCore:
             now = _file_id(self.path)
         except FileNotFoundError:
             now = None
+        except OSError as exc:  # a directory made unreadable, a stale NFS handle...
+            raise DiskIOError(
+                f"{self.path}: cannot check the database file: {exc.strerror}"
+            ) from None
         if now != self._file_id:
             what = "deleted" if now is None else "replaced by another file"
             raise DatabaseReplacedError(

@@ -120,9 +120,11 @@ class Writer:
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
-        self._failures = RepeatLimiter(log, "store failures", logging.ERROR)
-        """Failed commits and requests the store refused: at once, then once a minute while
-        the same one repeats, and a line when commits succeed again."""
+        self._failures = RepeatLimiter(log, "failed commits", logging.ERROR)
+        """Failed commits: at once, then once a minute while the same one repeats, and a line
+        when commits succeed again."""
+        self._request_failures = RepeatLimiter(log, "failed requests", logging.ERROR)
+        """Requests the store failed (a read of a damaged document, ...), likewise."""
         self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
         self._thread.start()
 
@@ -242,7 +244,10 @@ class Writer:
         for i, req in enumerate(batch):
             result = outcome.capture(req.fn, store)
             if isinstance(result, outcome.Error) and isinstance(result.error, StoreError):
-                self._failures.note(f"a request failed: {result.error}")
+                error = result.error
+                self._request_failures.note(
+                    f"a request failed: {error}", kind=f"{type(error).__name__} {error.reason}"
+                )
             if store.poisoned:
                 store.rollback()
                 reports.append(([(req, result)], []))
