@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pytest
 import trio
 
 from syncd.config import ApiConfig
@@ -31,6 +33,19 @@ from syncd.daemon.unixsock import bind_unix, connect_unix, short_address
 from syncd.daemon.watch import WatchHub
 from syncd.identity import create_identity
 from syncd.replica import open_replica
+
+
+def root_tool(tool: str, why: str) -> str:
+    """The path of ``tool`` for a test that needs root: skips (saying why) when not root or
+    when the tool is missing, except under CI (``CI=true``), where such tests must run."""
+    path = shutil.which(tool)
+    if path is not None and os.getuid() == 0:
+        return path
+    missing = f"needs root and {tool} {why}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{missing}; CI runs as root with {tool} installed")
+    pytest.skip(missing)
+
 
 START_TIMEOUT_S = 30.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -22,7 +23,7 @@ import pytest
 
 from syncd.client import Client
 from syncd.daemon.held_signals import HELD, hold_signals, take_held_signals
-from tests.daemon_harness import DaemonProcess, RawConn, daemon_process, put_lines
+from tests.daemon_harness import DaemonProcess, RawConn, daemon_process, put_lines, root_tool
 
 
 @pytest.fixture
@@ -392,9 +393,7 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_crashing(
     # Under a descriptor limit of 64, 100 clients that hold their connections open make
     # accept() fail with EMFILE: the daemon logs it, keeps its open connections served, and
     # accepts again once clients leave.
-    prlimit = shutil.which("prlimit")
-    if prlimit is None:
-        pytest.skip("prlimit (util-linux) is not installed")
+    prlimit = root_tool("prlimit", "to lower the daemon's descriptor limit")
     d = DaemonProcess(home, prefix=[prlimit, "--nofile=64:64", "--"])
     held: list[socket.socket] = []
     try:
@@ -454,10 +453,9 @@ def test_a_database_deleted_under_the_daemon_refuses_writes_and_is_reported(home
         assert d.stop() == 0
 
 
+@pytest.mark.root
 def test_a_socket_that_cannot_be_removed_at_stop_is_reported(home: Path) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.getuid() != 0:
-        pytest.skip("needs root and setpriv to run the daemon without capabilities")
+    setpriv = root_tool("setpriv", "to run the daemon without capabilities")
     no_caps = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
     d = DaemonProcess(home, prefix=no_caps)
     try:
@@ -468,6 +466,61 @@ def test_a_socket_that_cannot_be_removed_at_stop_is_reported(home: Path) -> None
     finally:
         home.chmod(0o700)
         d.close()
+
+
+@pytest.mark.root
+def test_a_full_disk_refuses_writes_until_space_is_freed_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    mount = root_tool("mount", "to put the daemon's home on a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True
+    )
+    home = disk / "home"
+    d = DaemonProcess(home)
+    try:
+        d.start()
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # fill what the database has not taken
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        from syncd.client import ApplicationError, Client
+
+        acked: dict[str, int] = {}
+        with Client(d.socket) as client:
+            refused: ApplicationError | None = None
+            for i in range(2000):
+                try:
+                    client.put("n", f"k{i % 50}", {"i": i, "pad": "x" * 2000})
+                except ApplicationError as exc:
+                    refused = exc
+                    break
+                acked[f"k{i % 50}"] = i
+            assert refused is not None, "1 MiB never filled up"
+            assert refused.reason == "disk_full", refused
+            assert "database or disk is full" in str(refused)
+            assert client.list("n") == sorted(acked)  # reads go on
+            filler.unlink()  # space freed: writes resume without a restart
+            client.put("n", "after", {"i": -1})
+            acked["after"] = -1
+        log = d.stderr()
+        assert "a commit failed, its writes were refused" in log
+        assert "commits succeed again" in log
+        d.kill()  # and nothing acknowledged is lost
+        d.start()
+        with Client(d.socket) as client:
+            for key, i in acked.items():
+                assert client.get("n", key)["value"]["i"] == i
+        assert d.stop() == 0
+    finally:
+        d.close()
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:
@@ -531,9 +584,7 @@ def test_system_unit_layout_reads_an_admins_config_directory_it_cannot_write(
 ) -> None:
     # As under syncd@.service: state and runtime directories of the service's own, the
     # configuration directory someone else's (root's there), readable, not writable.
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.getuid() != 0:
-        pytest.skip("needs root and setpriv to run the daemon without capabilities")
+    setpriv = root_tool("setpriv", "to run the daemon without capabilities")
     state, run, conf = tmp_path / "state", tmp_path / "run", tmp_path / "conf"
     for directory in (state, run, conf):
         directory.mkdir(mode=0o700)
@@ -565,9 +616,7 @@ def test_system_unit_layout_reads_an_admins_config_directory_it_cannot_write(
 
 
 def _as_nobody(path: Path) -> str:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.getuid() != 0:
-        pytest.skip("needs root and setpriv to run a client as another user")
+    setpriv = root_tool("setpriv", "to run a client as another user")
     nobody = pwd.getpwnam("nobody")
     out = subprocess.run(
         [
