@@ -282,21 +282,30 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         raise UsageError(f"--listen {listen!r}: {exc}") from None
     name = default_name() if args.name is None else _device_name(args.name, "--name")
     if identity_exists(paths.state_dir):
-        identity = load_identity(paths.state_dir)
+        # Run again: nothing changes, except what an init cut short (a full disk) left
+        # unmade; done before anything is printed, so that a failure is not told as success.
+        identity = load_identity(paths.state_dir)  # (re-issues a missing certificate)
+        config_file = paths.config_file
+        had_config = config_file.exists() or config_file.is_symlink()  # (a dangling link)
+        completed = []
+        if not had_config:
+            write_initial_config(paths, name, listen)
+            load_config(config_file)
+            completed.append(f"wrote the missing {config_file}")
+        if not paths.database.exists():
+            _create_database(paths)
+            completed.append(
+                f"created an empty database {paths.database} (if this device had documents, "
+                "restore it from a backup instead)"
+            )
         if args.json:
             print_json({"device_id": identity.device_id, "created": False})
         else:
             write(identity.device_id + "\n")
-        if paths.config_file.exists():
-            sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; nothing changed\n")
-            _not_applied(args, paths, load_config(paths.config_file))
-        else:  # an init cut short (a full disk) or a config removed: the options apply now
-            write_initial_config(paths, name, listen)
-            load_config(paths.config_file)
-            sys.stderr.write(
-                f"syncd: already initialized in {paths.state_dir}; wrote the missing "
-                f"{paths.config_file}\n"
-            )
+        done = "; ".join(completed) or "nothing changed"
+        sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; {done}\n")
+        if had_config:
+            _not_applied(args, paths, load_config(config_file))
         return EXIT_OK
     kept: Config | None = None
     if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import pytest
 import trio
@@ -35,16 +35,22 @@ from syncd.identity import create_identity
 from syncd.replica import open_replica
 
 
-def root_tool(tool: str, why: str) -> str:
-    """The path of ``tool`` for a test that needs root: skips (saying why) when not root or
-    when the tool is missing, except under CI (``CI=true``), where such tests must run."""
+def root_tool(tool: str, why: str, *, root: bool = True) -> str:
+    """The path of ``tool`` for a test that needs it (and root, unless ``root`` is False):
+    skips, saying why, when they are missing, except under CI (``CI=true``), where such
+    tests must run."""
     path = shutil.which(tool)
-    if path is not None and os.getuid() == 0:
+    if path is not None and (os.getuid() == 0 or not root):
         return path
-    missing = f"needs root and {tool} {why}"
+    cannot_run(f"needs {'root and ' if root else ''}{tool} {why}")
+
+
+def cannot_run(why: str) -> NoReturn:
+    """Skip a test that this machine cannot run; under CI (``CI=true``), fail it instead:
+    CI runs as root with every tool the suite uses."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{missing}; CI runs as root with {tool} installed")
-    pytest.skip(missing)
+        pytest.fail(f"{why}; CI must run this test")
+    pytest.skip(why)
 
 
 START_TIMEOUT_S = 30.0

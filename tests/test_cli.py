@@ -106,6 +106,16 @@ def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) ->
     assert f"wrote the missing {home / 'config.toml'}" in err
     config = (home / "config.toml").read_text()
     assert 'name = "lap"' in config and 'listen = "h:9"' in config
+    (home / "syncd.db").unlink()  # cut short before the database
+    status, out, err = run("--home", str(home), "init")
+    assert (status, out.strip()) == (0, device_id)
+    assert f"created an empty database {home / 'syncd.db'}" in err
+    assert (home / "syncd.db").is_file()
+    (home / "config.toml").unlink()  # a dangling link (dotfiles) is not replaced
+    (home / "config.toml").symlink_to(tmp_path / "dotfiles" / "syncd.toml")
+    status, out, err = run("--home", str(home), "init")
+    assert status == 0 and "nothing changed" in err
+    assert (home / "config.toml").is_symlink()
 
 
 def test_init_rejects_bad_listen(run: Run, tmp_path: Path) -> None:

@@ -23,7 +23,14 @@ import pytest
 
 from syncd.client import Client
 from syncd.daemon.held_signals import HELD, hold_signals, take_held_signals
-from tests.daemon_harness import DaemonProcess, RawConn, daemon_process, put_lines, root_tool
+from tests.daemon_harness import (
+    DaemonProcess,
+    RawConn,
+    cannot_run,
+    daemon_process,
+    put_lines,
+    root_tool,
+)
 
 
 @pytest.fixture
@@ -393,7 +400,7 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_crashing(
     # Under a descriptor limit of 64, 100 clients that hold their connections open make
     # accept() fail with EMFILE: the daemon logs it, keeps its open connections served, and
     # accepts again once clients leave.
-    prlimit = root_tool("prlimit", "to lower the daemon's descriptor limit")
+    prlimit = root_tool("prlimit", "to lower the daemon's descriptor limit", root=False)
     d = DaemonProcess(home, prefix=[prlimit, "--nofile=64:64", "--"])
     held: list[socket.socket] = []
     try:
@@ -473,15 +480,35 @@ def test_a_full_disk_refuses_writes_until_space_is_freed_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     mount = root_tool("mount", "to put the daemon's home on a small tmpfs")
+    umount = root_tool("umount", "to remove that tmpfs again")
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
     )
+    if made.returncode != 0:  # (a container without CAP_SYS_ADMIN)
+        cannot_run(f"cannot mount a tmpfs: {made.stderr.strip()}")
+    try:
+        _full_disk(disk, tmp_path)
+    finally:
+        subprocess.run([umount, "--lazy", str(disk)], check=False)
+
+
+def _full_disk(disk: Path, tmp_path: Path) -> None:
     home = disk / "home"
     d = DaemonProcess(home)
+    d.stderr_path = tmp_path / "daemon.stderr"  # not on the disk it fills
+    acked: dict[str, int] = {}
     try:
         d.start()
+        from syncd.client import ApplicationError, Client
+
+        with Client(d.socket) as client:
+            for i in range(20):  # acknowledged before the disk fills
+                client.put("n", f"k{i}", {"i": i})
+                acked[f"k{i}"] = i
         filler = disk / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
         try:  # fill what the database has not taken
@@ -490,9 +517,6 @@ def test_a_full_disk_refuses_writes_until_space_is_freed_and_loses_nothing(
                     os.write(fd, b"\0" * 4096)
         finally:
             os.close(fd)
-        from syncd.client import ApplicationError, Client
-
-        acked: dict[str, int] = {}
         with Client(d.socket) as client:
             refused: ApplicationError | None = None
             for i in range(2000):
@@ -520,7 +544,6 @@ def test_a_full_disk_refuses_writes_until_space_is_freed_and_loses_nothing(
         assert d.stop() == 0
     finally:
         d.close()
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_kill_9_keeps_every_acknowledged_write(home: Path) -> None:

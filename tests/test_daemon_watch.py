@@ -378,3 +378,38 @@ async def test_changes_of_a_document_whose_initial_read_fails_still_arrive(
             ("b", "{'v': 1}", False, False),  # read again when sent: its current value
             ("c", "None", True, False),  # its deletion, kept while it was pending
         }
+
+
+async def test_a_document_recreated_while_its_failed_initial_read_ran_shows_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_api(tmp_path) as api, line_connection(api.socket) as w:
+        for key in ("a", "c"):
+            await api.store.put("n", key, {"v": 0})
+        real_get = api.store.get
+        failed = False
+
+        async def flaky_get(ns: str, key: str, *, conflicts: bool = False) -> Any:
+            nonlocal failed
+            if key == "a":
+                await api.store.delete("n", "c")  # "c" is deleted while pending...
+            if key == "c" and not failed:
+                failed = True
+                await api.store.put("n", "c", {"v": 9})  # ...made again during its read
+                raise StoreError("cannot read c just now")
+            return await real_get(ns, key, conflicts=conflicts)
+
+        monkeypatch.setattr(api.store, "get", flaky_get)
+        await w.send("watch", {"ns": "n", "initial": True})
+        assert "subscription" in (await w.recv())["result"]
+        last: dict[str, Any] = {}
+        with trio.fail_after(10):
+            while "c" not in last:
+                params = (await next_notification(w))["params"]
+                last[params["key"]] = params
+        await api.store.put("n", "a", {"v": 1})  # a marker: everything before it has come
+        with trio.fail_after(10):
+            while last["a"]["value"] != {"v": 1}:
+                params = (await next_notification(w))["params"]
+                last[params["key"]] = params
+        assert (last["c"]["deleted"], last["c"]["value"]) == (False, {"v": 9})

@@ -81,8 +81,9 @@ class Subscription:
         """The initial value of ``key`` could not be read: what it would have held is
         queued as a live change instead (its deletion, or a change whose value is read
         when it is sent)."""
-        change = deletion or Change(self.ns, key, None, False, "local")
-        self.offer(seq, change)
+        if key in self.queue:
+            return  # a change made during the read is queued: newer, and complete
+        self.offer(seq, deletion or Change(self.ns, key, None, False, "local"))
 
     def take_pending(self, key: str) -> Change | None:
         """``key``'s initial value is being read now: its later changes are queued again.
