@@ -16,6 +16,12 @@ from syncd.replica import StoreError
 from tests.daemon_harness import Line, line_connection, request_line, running_api
 
 
+async def put_zeros(store: Any, *keys: str) -> None:
+    """Documents ``{"v": 0}`` at ``keys`` of namespace ``n``."""
+    for key in keys:
+        await store.put("n", key, {"v": 0})
+
+
 async def next_notification(conn: Line) -> dict[str, Any]:
     while True:
         msg = await conn.recv()
@@ -327,8 +333,7 @@ async def test_a_change_made_while_the_snapshot_is_listed_is_in_the_initial_valu
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
-        for key in ("a", "b"):
-            await api.store.put("n", key, {"v": 0})
+        await put_zeros(api.store, "a", "b")
         real_list = api.store.list_keys
 
         async def list_changing_b(ns: str, prefix: str = "") -> list[str]:
@@ -353,8 +358,7 @@ async def test_changes_of_a_document_whose_initial_read_fails_still_arrive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
-        for key in ("a", "b", "c"):
-            await api.store.put("n", key, {"v": 0})
+        await put_zeros(api.store, "a", "b", "c")
         real_get = api.store.get
         failed: list[str] = []
 
@@ -384,8 +388,7 @@ async def test_a_document_recreated_while_its_failed_initial_read_ran_shows_as_i
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
-        for key in ("a", "c"):
-            await api.store.put("n", key, {"v": 0})
+        await put_zeros(api.store, "a", "c")
         real_get = api.store.get
         failed = False
 
