@@ -294,10 +294,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
             completed.append(f"wrote the missing {config_file}")
         if not paths.database.exists():
             _create_database(paths)
-            completed.append(
-                f"created an empty database {paths.database} (if this device had documents, "
-                "restore it from a backup instead)"
-            )
+            completed.append(f"created the missing database {paths.database}")
         if args.json:
             print_json({"device_id": identity.device_id, "created": False})
         else:

@@ -109,7 +109,7 @@ def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) ->
     (home / "syncd.db").unlink()  # cut short before the database
     status, out, err = run("--home", str(home), "init")
     assert (status, out.strip()) == (0, device_id)
-    assert f"created an empty database {home / 'syncd.db'}" in err
+    assert f"created the missing database {home / 'syncd.db'}" in err
     assert (home / "syncd.db").is_file()
     (home / "config.toml").unlink()  # a dangling link (dotfiles) is not replaced
     (home / "config.toml").symlink_to(tmp_path / "dotfiles" / "syncd.toml")

@@ -413,6 +413,32 @@ def test_writes_are_refused_once_the_database_file_is_gone(db: Path, how: str) -
             s.apply_local("n", "after", Put({"v": 2}))
 
 
+def test_a_database_put_back_while_open_does_not_get_the_old_write_ahead_log(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite would apply the old connection's -wal to whatever file is at the path next;
+    # a backup restored under a running daemon came back as the database it replaced.
+    backup = db.with_name("backup.sqlite3")
+    with Store(backup) as b:
+        b.apply_local("restored", "doc", Put({"v": 1}))
+    s = Store(db)
+    for i in range(20):
+        s.apply_local("n", f"k{i}", Put({"v": i}))
+    backup.rename(db)  # put back while the store has the old one open
+    with pytest.raises(DatabaseReplacedError):
+        s.apply_local("n", "x", Put({"v": 1}))
+    with caplog.at_level("WARNING", logger="syncd.replica"):
+        s.close()
+    assert "its write-ahead log is set aside" in caplog.text
+    assert sorted(p.name.split(".stale-")[0] for p in db.parent.glob("*.stale-*")) == [
+        db.name + "-shm",
+        db.name + "-wal",
+    ]
+    with Store(db) as again:
+        assert again.list_keys("restored") == ["doc"]
+        assert again.list_keys("n") == []
+
+
 def test_a_database_file_that_cannot_be_checked_is_an_io_error(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

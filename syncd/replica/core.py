@@ -7,11 +7,13 @@ the public operations built on it.
 """
 
 import fcntl
+import logging
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -34,6 +36,7 @@ from syncd.replica.model import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("syncd.replica")
 DEFAULT_CACHE_ITEMS = 4096
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 PREFETCH_CHUNK = 64
@@ -139,6 +142,7 @@ class StoreCore:
             if created:
                 _fsync_dir(self.path.parent)
             self._file_id = _file_id(self.path)
+            self._log_ids = _log_file_ids(self.path)
             if check:
                 schema.quick_check(self._conn, self.path)
             self._settle_own_contexts()
@@ -190,8 +194,38 @@ class StoreCore:
         if self._in_tx:
             self.rollback()
         self.closed = True
+        try:
+            moved = _file_id(self.path) != self._file_id
+        except OSError:
+            moved = True
         self._conn.close()
+        if moved:
+            self._set_aside_log()
         os.close(self._lock_fd)
+
+    def _set_aside_log(self) -> None:
+        """The database file was replaced or deleted while open: move this connection's
+        write-ahead log (and its index) out of the way, or SQLite would apply it to the file
+        now at :attr:`path` (a backup put back, say) the next time it is opened."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        moved = []
+        for suffix, ident in self._log_ids.items():
+            log_path = self.path.with_name(self.path.name + suffix)
+            aside = log_path.with_name(f"{log_path.name}.stale-{stamp}")
+            try:
+                if _file_id(log_path) == ident:  # (not one put back with the database)
+                    os.rename(log_path, aside)
+                    moved.append(aside.name)
+            except OSError:
+                continue
+        if moved:
+            log.warning(
+                "%s was replaced or deleted while syncd had it open: its write-ahead log is "
+                "set aside (%s in %s) so that it is not applied to the file now there",
+                self.path,
+                ", ".join(moved),
+                self.path.parent,
+            )
 
     def __enter__(self) -> Self:
         return self
@@ -698,6 +732,15 @@ def _lock(path: Path) -> int:
             f"{path}: the database is in use by another process (lock {lock_path})"
         ) from None
     return fd
+
+
+def _log_file_ids(path: Path) -> dict[str, tuple[int, int]]:
+    """Which files the write-ahead log and its index of the database at ``path`` are now."""
+    ids = {}
+    for suffix in ("-wal", "-shm"):
+        with suppress(OSError):
+            ids[suffix] = _file_id(path.with_name(path.name + suffix))
+    return ids
 
 
 def _file_id(path: Path) -> tuple[int, int]:
