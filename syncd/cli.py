@@ -272,7 +272,7 @@ def _note(text: str) -> None:
 
 def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd init``."""
-    from syncd.daemon.run import prepare_home, write_initial_config
+    from syncd.daemon.run import prepare_home
     from syncd.identity import identity_exists, load_identity
 
     listen = "0.0.0.0:7400" if args.listen is None else args.listen
@@ -289,8 +289,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         had_config = config_file.exists() or config_file.is_symlink()  # (a dangling link)
         completed = []
         if not had_config:
-            write_initial_config(paths, name, listen)
-            load_config(config_file)
+            _write_config(paths, name, listen)
             completed.append(f"wrote the missing {config_file}")
         if not paths.database.exists():
             _create_database(paths)
@@ -309,8 +308,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         kept = load_config(paths.config_file)
     identity, _created = prepare_home(paths, report=_note)
     if kept is None:
-        write_initial_config(paths, name, listen)
-        load_config(paths.config_file)  # prove the file we wrote is valid
+        _write_config(paths, name, listen)
     _create_database(paths)
     if args.json:
         print_json({"device_id": identity.device_id, "created": True})
@@ -321,6 +319,14 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     if kept is not None:
         _not_applied(args, paths, kept)
     return EXIT_OK
+
+
+def _write_config(paths: Paths, name: str, listen: str) -> None:
+    """Write the initial config.toml and prove it valid by loading it."""
+    from syncd.daemon.run import write_initial_config
+
+    write_initial_config(paths, name, listen)
+    load_config(paths.config_file)
 
 
 def _create_database(paths: Paths) -> None:

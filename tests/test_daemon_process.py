@@ -252,25 +252,24 @@ def test_a_file_where_the_socket_goes_is_left_alone_and_named(home: Path) -> Non
         d.close()
 
 
-def test_a_daemon_whose_socket_was_deleted_is_not_reported_as_absent(home: Path) -> None:
-    with daemon_process(home) as d:
-        d.socket.unlink()
-        out = subprocess.run(
-            [sys.executable, "-m", "syncd", "--home", str(home), "status"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.returncode == 3
-        assert "a syncd daemon holds this home's lock" in out.stderr
-        assert f"its socket {d.socket} is missing" in out.stderr
-        assert d.stop() == 0
-    out = subprocess.run(
+def _cli_status(home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "syncd", "--home", str(home), "status"],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_daemon_whose_socket_was_deleted_is_not_reported_as_absent(home: Path) -> None:
+    with daemon_process(home) as d:
+        d.socket.unlink()
+        out = _cli_status(home)
+        assert out.returncode == 3
+        assert "a syncd daemon holds this home's lock" in out.stderr
+        assert f"its socket {d.socket} is missing" in out.stderr
+        assert d.stop() == 0
+    out = _cli_status(home)
     assert out.returncode == 3
     assert "no syncd daemon is running" in out.stderr  # stopped: the lock is free again
 

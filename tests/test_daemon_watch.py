@@ -22,6 +22,12 @@ async def put_zeros(store: Any, *keys: str) -> None:
         await store.put("n", key, {"v": 0})
 
 
+async def watch_initial(w: Line) -> None:
+    """Watch namespace ``n`` with ``initial: true`` and read the response."""
+    await w.send("watch", {"ns": "n", "initial": True})
+    assert "subscription" in (await w.recv())["result"]
+
+
 async def next_notification(conn: Line) -> dict[str, Any]:
     while True:
         msg = await conn.recv()
@@ -269,8 +275,7 @@ async def test_a_document_deleted_during_the_initial_snapshot_is_reported_delete
             return await real_get(ns, key, conflicts=conflicts)
 
         monkeypatch.setattr(api.store, "get", get_deleting_b)
-        await w.send("watch", {"ns": "n", "initial": True})
-        assert "subscription" in (await w.recv())["result"]
+        await watch_initial(w)
         notes = [(await next_notification(w))["params"] for _ in range(2)]
         assert [(n["key"], n["deleted"], n.get("initial", False)) for n in notes] == [
             ("a", False, True),
@@ -342,8 +347,7 @@ async def test_a_change_made_while_the_snapshot_is_listed_is_in_the_initial_valu
             return keys
 
         monkeypatch.setattr(api.store, "list_keys", list_changing_b)
-        await w.send("watch", {"ns": "n", "initial": True})
-        assert "subscription" in (await w.recv())["result"]
+        await watch_initial(w)
         notes = [(await next_notification(w))["params"] for _ in range(2)]
         assert [(n["key"], n["value"], n.get("initial")) for n in notes] == [
             ("a", {"v": 0}, True),
@@ -372,8 +376,7 @@ async def test_changes_of_a_document_whose_initial_read_fails_still_arrive(
             return await real_get(ns, key, conflicts=conflicts)
 
         monkeypatch.setattr(api.store, "get", flaky_get)
-        await w.send("watch", {"ns": "n", "initial": True})
-        assert "subscription" in (await w.recv())["result"]
+        await watch_initial(w)
         with trio.fail_after(10):  # (they never came: a regression hangs here otherwise)
             notes = [(await next_notification(w))["params"] for _ in range(3)]
         got = {(n["key"], str(n["value"]), n["deleted"], n.get("initial", False)) for n in notes}
@@ -403,8 +406,7 @@ async def test_a_document_recreated_while_its_failed_initial_read_ran_shows_as_i
             return await real_get(ns, key, conflicts=conflicts)
 
         monkeypatch.setattr(api.store, "get", flaky_get)
-        await w.send("watch", {"ns": "n", "initial": True})
-        assert "subscription" in (await w.recv())["result"]
+        await watch_initial(w)
         last: dict[str, Any] = {}
         with trio.fail_after(10):
             while "c" not in last:

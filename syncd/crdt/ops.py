@@ -124,16 +124,19 @@ def check_value(value: Any, what: str = "value", depth: int = 0) -> None:
         raise InvalidOperation(f"{what} holds a {t.__name__}, which is not a JSON value")
 
 
-def _check_at(value: Any, what: str, path: Path) -> None:
+def _check_at(value: Any, what: str, path: Path, *, element: bool = False) -> None:
     """:func:`check_value` for a value written at ``path``: the document's depth limit counts
-    the path's levels too (a stored document nests at most :data:`MAX_DEPTH` levels)."""
+    the path's levels too (a stored document nests at most :data:`MAX_DEPTH` levels). An
+    ``element`` of the set at ``path`` sits one level below the set (which shows as an
+    array), as the elements of ``make``'s value do."""
     try:
-        check_value(value, what, len(path))
+        check_value(value, what, len(path) + element)
     except PatchError as exc:
-        if exc.reason == "too_large" and path:
+        if exc.reason == "too_large" and (path or element):
+            where = " as an element of the set" if element else ""
             raise PatchError(
-                f"{what} at a path of {len(path)} levels would nest the document deeper than "
-                f"{MAX_DEPTH} levels",
+                f"{what}{where} at a path of {len(path)} levels would nest the document deeper "
+                f"than {MAX_DEPTH} levels",
                 reason="too_large",
             ) from None
         raise
@@ -220,29 +223,14 @@ def _parse_inc(i: int, raw: dict[str, Any], path: Path) -> Op:
 
 def _parse_add(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    _check_element(value, f"ops[{i}].value", path)
+    _check_at(value, f"ops[{i}].value", path, element=True)
     return Add(path, value)
 
 
 def _parse_remove(i: int, raw: dict[str, Any], path: Path) -> Op:
     value = _need(i, raw, "value")
-    _check_element(value, f"ops[{i}].value", path)
+    _check_at(value, f"ops[{i}].value", path, element=True)
     return Remove(path, value)
-
-
-def _check_element(value: Any, what: str, path: Path) -> None:
-    """:func:`_check_at` for an element of the set at ``path``: it sits one level below the
-    set itself (the set shows as an array), as the elements of ``make``'s value do."""
-    try:
-        check_value(value, what, len(path) + 1)
-    except PatchError as exc:
-        if exc.reason != "too_large":
-            raise
-        raise PatchError(
-            f"{what} as an element of the set at a path of {len(path)} levels would nest the "
-            f"document deeper than {MAX_DEPTH} levels",
-            reason="too_large",
-        ) from None
 
 
 def _parse_insert(i: int, raw: dict[str, Any], path: Path) -> Op:

@@ -54,10 +54,7 @@ class Subscription:
         if self.closed or self.overflowed:
             return
         if change.key in self.pending:
-            if change.deleted:
-                self.pending_deleted[change.key] = change
-            else:
-                self.pending_deleted.pop(change.key, None)
+            self._hold(change)
             return
         queue = self.queue
         if queue.pop(change.key, None) is None and len(queue) >= self.limit:
@@ -73,9 +70,17 @@ class Subscription:
         kept, as in :meth:`offer`)."""
         for key in keys:
             queued = self.queue.pop(key, None)
-            if queued is not None and queued[1].deleted:
-                self.pending_deleted[key] = queued[1]
+            if queued is not None:
+                self._hold(queued[1])
         self.pending.update(keys)
+
+    def _hold(self, change: Change) -> None:
+        """A change of a pending key: its initial value will hold it, but a deletion is kept
+        (see :attr:`pending_deleted`)."""
+        if change.deleted:
+            self.pending_deleted[change.key] = change
+        else:
+            self.pending_deleted.pop(change.key, None)
 
     def return_pending(self, seq: int, key: str, deletion: Change | None) -> None:
         """The initial value of ``key`` could not be read: what it would have held is

@@ -195,7 +195,7 @@ class StoreCore:
             self.rollback()
         self.closed = True
         try:
-            moved = _file_id(self.path) != self._file_id
+            moved = self._file_change() is not None
         except OSError:
             moved = True
         self._conn.close()
@@ -278,20 +278,26 @@ class StoreCore:
         or replaced by another file, while open): the write would be acknowledged and then
         lost, as nothing will open that file again."""
         try:
-            now = _file_id(self.path)
-        except FileNotFoundError:
-            now = None
+            what = self._file_change()
         except OSError as exc:  # a directory made unreadable, a stale NFS handle...
             raise DiskIOError(
                 f"{self.path}: cannot check the database file: {exc.strerror}"
             ) from None
-        if now != self._file_id:
-            what = "deleted" if now is None else "replaced by another file"
+        if what is not None:
             raise DatabaseReplacedError(
                 f"{self.path}: the database file was {what} while syncd had it open; writes "
                 "are refused. Put the database back (or restore it from a backup) and restart "
                 "syncd; a restart without it starts an empty database"
             )
+
+    def _file_change(self) -> str | None:
+        """What became of the database file since it was opened: None (still at
+        :attr:`path`), "deleted" or "replaced by another file"."""
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        return None if now == self._file_id else "replaced by another file"
 
     def rollback(self) -> None:
         """Discard the open batch and every in-memory state it may have touched."""
