@@ -55,6 +55,15 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"syncd: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse ignores write errors; --help and --version output that cannot be written
+        # fails the command as any other output does (OutputError: exit 1).
+        if file is sys.stdout and message:
+            write(message)
+            flush()
+        else:
+            super()._print_message(message, file)
+
 
 def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
     """``--home``, ``--socket``, ``--json``: documented before the command, tolerated after it."""
@@ -171,6 +180,8 @@ def _json_arg(
     if text == "-":
         where = f"{what} (from stdin)"
         text = _read_stdin(where)
+    if not text.strip():
+        raise UsageError(f"{where} is empty")
     if jsontext.has_lone_surrogate(text):
         raise UsageError(f"{where} is not valid UTF-8 text")
     try:
@@ -301,7 +312,12 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
         done = "; ".join(completed) or "nothing changed"
         sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; {done}\n")
         if had_config:
-            _not_applied(args, paths, load_config(config_file))
+            try:
+                current = load_config(config_file)
+            except ConfigError as exc:  # init leaves it be; `run` is what it stops
+                _note(f"warning: {exc}; `syncd run` refuses to start until it is fixed")
+            else:
+                _not_applied(args, paths, current)
         return EXIT_OK
     kept: Config | None = None
     if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything
@@ -451,12 +467,17 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _check_names(args: argparse.Namespace) -> None:
-    """NS and KEY arguments are checked here, as the daemon would (a usage error, exit 2)."""
-    for attr, what in (("ns", "namespace"), ("key", "key")):
+    """NS, KEY and PREFIX arguments are checked here, as the daemon would (a usage error,
+    exit 2); so is ``folder add``'s PATH."""
+    for attr, what in (("ns", "namespace"), ("key", "key"), ("prefix", "prefix")):
         value = getattr(args, attr, None)
+        if attr == "prefix" and value == "":
+            continue  # (no prefix: every key)
         problem = None if value is None else name_problem(value)
         if problem is not None:
             raise UsageError(f"the {what} {problem}")
+    if getattr(args, "path", None) == "":
+        raise UsageError("the folder path must not be empty")
 
 
 def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -519,20 +540,29 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
     if args.command in LOCAL:
         return LOCAL[args.command](args, paths)
     if args.command == "folder":
+        _check_names(args)  # wrong arguments are a usage error even here
         raise SyncdError(
             f"`syncd folder {args.folder_command}` is not available in this version yet"
         )
     method, params = request_for(args)  # usage errors win over a missing daemon
     with _client(paths) as client:
         result = client.call(method, **params)
-    return show(args, result)
+    try:
+        return show(args, result)
+    except (KeyError, TypeError, AttributeError):  # not what a syncd daemon answers
+        answer = repr(result)
+        answer = answer if len(answer) <= 200 else answer[:200] + "..."
+        raise SyncdError(
+            f"unexpected answer from {paths.socket} to {method}: {answer}; "
+            "is this the socket of a syncd daemon of the same version?"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    args = build_parser().parse_args(argv)
     paths: Paths | None = None
     try:
+        args = build_parser().parse_args(argv)
         for option in ("home", "socket"):
             if getattr(args, option) == "":  # (an empty $SYNCD_HOME is unset: resolve_paths)
                 raise UsageError(f"--{option} must not be empty")

@@ -146,6 +146,14 @@ def test_usage_errors_are_one_line_exit_2(run: Run, tmp_path: Path) -> None:
     fails(run("--home", home, "put", "n", "k" * 1025, "{}"), 2, "longer than 1024 bytes")
     fails(run("--home", home, "watch", ""), 2, "the namespace must not be empty")
     fails(run("--home", home, "share", "", OTHER), 2, "the namespace must not be empty")
+    # So are a prefix and folder arguments (argv that is not valid UTF-8 arrives as surrogates).
+    fails(run("--home", home, "ls", "n", "\udcff"), 2, "the prefix is not valid Unicode")
+    fails(run("--home", home, "watch", "n", "\udcff"), 2, "the prefix is not valid Unicode")
+    fails(run("--home", home, "folder", "add", "", home), 2, "the namespace must not be empty")
+    fails(run("--home", home, "folder", "add", "n", ""), 2, "the folder path must not be empty")
+    fails(run("--home", home, "folder", "rm", ""), 2, "the namespace must not be empty")
+    fails(run("--home", home, "put", "n", "k", " \n"), 2, "the document is empty")
+    fails(run("--home", home, "put", "n", "k", "-", stdin=""), 2, "(from stdin) is empty")
 
 
 def test_status(run: Run, daemon: DaemonProcess) -> None:
@@ -382,6 +390,24 @@ def test_output_that_cannot_be_written_is_one_line(
     fails_subprocess(proc, 1, f"cannot write output: {fragment}")
 
 
+@pytest.mark.parametrize("option", ["--version", "--help"])
+def test_help_and_version_that_cannot_be_written_exit_1(option: str) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    proc = shell_cli(option, redirect=">/dev/full")
+    fails_subprocess(proc, 1, "cannot write output: No space left on device")
+
+
+def test_ctrl_c_while_parsing_the_arguments_exits_130(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("argparse.ArgumentParser.parse_args", interrupted)
+    assert run("status") == (130, "", "syncd: interrupted\n")
+
+
 def test_a_closed_pipe_still_ends_quietly(daemon: DaemonProcess) -> None:
     daemon.call("put", ns="pipe", key="k", value={"v": 1})
     read_end, write_end = os.pipe()
@@ -537,6 +563,19 @@ def test_init_with_a_bad_existing_config_creates_nothing(run: Run, tmp_path: Pat
     assert not (home / "key.pem").exists()
 
 
+def test_init_again_with_a_broken_config_warns_and_exits_0(run: Run, tmp_path: Path) -> None:
+    # "Run again: changes nothing, says so, exits 0" holds even when the config has been
+    # broken since; the problem is named, as `syncd run` would refuse to start.
+    home = tmp_path / "h"
+    device_id = ok(run("--home", str(home), "init")).strip()
+    (home / "config.toml").write_text('nmae = "x"\n')
+    status, out, err = run("--home", str(home), "init")
+    assert (status, out.strip()) == (0, device_id)
+    assert "already initialized" in err and "nothing changed" in err
+    assert "warning:" in err and "unknown key `nmae`" in err and "refuses to start" in err
+    assert (home / "config.toml").read_text() == 'nmae = "x"\n'
+
+
 def test_unknown_option_of_a_command_points_at_its_help(run: Run, tmp_path: Path) -> None:
     home = str(tmp_path)
     fails(run("--home", home, "status", "--bogus"), 2, "(see `syncd status --help`)")
@@ -627,3 +666,48 @@ def test_watch_reports_deletions_it_missed_while_behind(run: Run, tmp_path: Path
         ("b", False),
     ]
     assert lines[2]["origin"] is None
+
+
+def _answering_daemon(path: Path, answers: list[dict[str, object]]) -> threading.Thread:
+    """A fake daemon on ``path`` that answers one request per connection with each of
+    ``answers`` in turn (``"id": "same"`` is replaced by the request's id)."""
+    listener = bind_unix(path)
+
+    def serve() -> None:
+        with listener:
+            for answer in answers:
+                conn, _ = listener.accept()
+                with conn, conn.makefile("rb") as lines:
+                    request = json.loads(lines.readline())
+                    msg = {"jsonrpc": "2.0", **answer}
+                    if msg["id"] == "same":
+                        msg["id"] = request["id"]
+                    conn.sendall(json.dumps(msg).encode() + b"\n")
+                    lines.readline()  # until the client hangs up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_answer_that_is_not_syncd_s_is_one_line_not_a_traceback_or_a_hang(
+    run: Run, tmp_path: Path
+) -> None:
+    # --socket pointing at another JSON-RPC service, or at a daemon of another version.
+    path = tmp_path / "other.sock"
+    thread = _answering_daemon(
+        path,
+        [
+            {"id": "same", "result": {"nope": 1}},
+            {"id": "same", "result": [1, 2]},
+            {"id": 99, "result": {"keys": []}},
+            {"id": "abc", "result": {"keys": []}},
+        ],
+    )
+    sock = ("--socket", str(path))
+    fails(run(*sock, "ls", "n"), 1, f"unexpected answer from {path} to list: {{'nope': 1}}")
+    fails(run(*sock, "status"), 1, "unexpected answer")
+    fails(run(*sock, "ls", "n"), 1, "answered a request that was never sent (id 99)")
+    fails(run(*sock, "ls", "n"), 1, "answered a request that was never sent (id 'abc')")
+    thread.join(10)
+    assert not thread.is_alive()

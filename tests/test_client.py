@@ -535,6 +535,21 @@ async def test_a_result_of_the_wrong_shape_is_a_client_error(tmp_path: Path) -> 
         assert await client.get("n", "k") == {"exists": True, "value": {}}  # still usable
 
 
+@pytest.mark.parametrize("wrong_id", [99, "1", 0])
+async def test_an_answer_to_a_request_never_sent_ends_the_connection(
+    tmp_path: Path, wrong_id: Any
+) -> None:
+    # Another service on the socket: its answers are not ours, and waiting would never end.
+    async def script(conn: Line) -> None:
+        await conn.recv()
+        await respond(conn, wrong_id, {"ok": True})
+        await conn.recv()
+
+    async with fake_daemon(tmp_path, script) as path, open_client(path) as client:
+        with pytest.raises(ConnectionLost, match=re.escape(f"never sent (id {wrong_id!r})")):
+            await client.status()
+
+
 async def test_initial_values_do_not_count_against_the_client_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

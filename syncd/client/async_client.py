@@ -269,7 +269,7 @@ class AsyncClient:
                 try:
                     for line in lines:
                         if line.strip():
-                            self._dispatch(parse_line(line, self.path))
+                            self._dispatch(parse_line(line, self.path, self._corr))
                 except ConnectionLost as exc:
                     reason = str(exc)
                     break

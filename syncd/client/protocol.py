@@ -212,6 +212,11 @@ class Correlator:
             self._waiting_turn.pop()
         self._unordered.discard(rid)
 
+    def never_sent(self, msg_id: Any) -> bool:
+        """Whether a response's id names no request of this connection: the other end is not
+        answering our requests (another service on the socket?), so waiting is pointless."""
+        return msg_id is not None and (type(msg_id) is not int or not 0 < msg_id < self._next_id)
+
     def route(self, msg_id: Any, is_error: bool) -> int | None:
         """The id of the request a response answers (None: none of ours)."""
         if msg_id is None:
@@ -250,13 +255,20 @@ def is_initial(msg: dict[str, Any]) -> bool:
     return isinstance(params, dict) and params.get("initial") is True
 
 
-def parse_line(line: bytes, path: Path) -> dict[str, Any]:
+def parse_line(line: bytes, path: Path, corr: Correlator) -> dict[str, Any]:
+    """A message from the daemon; :class:`ConnectionLost` if it is no JSON object, or a
+    response to a request never sent on this connection."""
     try:
         msg = json.loads(line)
     except ValueError:
         msg = None
     if not isinstance(msg, dict):
         raise ConnectionLost(f"the daemon at {path} sent a malformed line: {line[:200]!r}")
+    if "id" in msg and corr.never_sent(msg["id"]):
+        raise ConnectionLost(
+            f"{path} answered a request that was never sent (id {msg['id']!r}): "
+            "is this the socket of a syncd daemon?"
+        )
     return msg
 
 

@@ -236,7 +236,7 @@ class Client:
                 del self._buf[: newline + 1]
                 self._scanned = 0
                 if line.strip():
-                    return protocol.parse_line(line, self.path)
+                    return protocol.parse_line(line, self.path, self._corr)
                 continue
             self._scanned = len(self._buf)
             if len(self._buf) > protocol.MAX_RESPONSE_LINE:

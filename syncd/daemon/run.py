@@ -334,7 +334,7 @@ def _reload(paths: Paths, settings: Settings) -> None:
         return
     if config.listen != settings.config.listen:
         log.warning(
-            "listen address %s takes effect after a restart; %s stays in use",
+            "listen address %s takes effect after a restart; until then status shows %s",
             config.listen,
             settings.config.listen,
         )
