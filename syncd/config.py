@@ -50,6 +50,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     port") is refused. Used for this device's ``listen`` address and for other devices'
     addresses.
     """
+    if isinstance(text, str) and text.startswith("[") and text.endswith("]"):
+        raise ValueError("missing :PORT after the address: [ADDR]:PORT")
     if not isinstance(text, str) or ":" not in text:
         raise ValueError("expected HOST:PORT")
     bad = next((c for c in text if not "!" <= c <= "~"), None)
@@ -240,6 +242,9 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                 raise ConfigError(f"{where}: `{key}` must be a table ([{key}])")
             for sub, subvalue in value.items():
                 flat[f"{key}.{sub}"] = subvalue
+        elif isinstance(value, dict):
+            known = ", ".join(f"[{section}]" for section in sorted(_SECTIONS))
+            raise ConfigError(f"{where}: unknown section [{key}] (known sections: {known})")
         else:
             flat[key] = value
     return flat
@@ -256,7 +261,9 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "<config>") -> Con
         try:
             values[name] = key.check(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: bad value for `{name}`: {exc} (got {value!r})") from None
+            raise ConfigError(
+                f"{where}: bad value for `{name}`: {exc} (got {_toml_value(value)})"
+            ) from None
     api = ApiConfig(
         **{
             k.name.split(".", 1)[1]: values.get(k.name, k.default)
@@ -294,7 +301,7 @@ def _read_regular_file(path: Path, limit: int) -> bytes:
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; a missing file means all defaults."""
     try:
-        text = _read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
+        text = _read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8-sig")  # (BOM: editors)
     except FileNotFoundError:
         return Config(name=default_name(), source=None)
     except UnicodeDecodeError:
@@ -313,6 +320,19 @@ def load_config(path: Path) -> Config:
         api=config.api,
         source=path,
     )
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as it is written in TOML (for messages): ``true``, ``"text"``, ``1500.0``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    return str(value)
 
 
 def _toml_string(value: str) -> str:

@@ -52,15 +52,20 @@ def test_values_are_read(tmp_path: Path) -> None:
     [
         ('nmae = "x"\n', "unknown key `nmae`"),
         ("[api]\nmax_lines = 3\n", "unknown key `api.max_lines`"),
-        ("[bogus]\nx = 1\n", "unknown key `bogus`"),
+        ("[bogus]\nx = 1\n", "unknown section [bogus] (known sections: [api])"),
         ('listen = "nowhere"\n', "bad value for `listen`"),
         ('listen = "::1:80"\n', "brackets"),
+        ('listen = "[::1]"\n', "missing :PORT after the address"),
         ('listen = "h:99999"\n', "port must be"),
         ("listen = 7400\n", "bad value for `listen`"),
         ('log_level = "loud"\n', "bad value for `log_level`"),
         ("[api]\nmax_line_bytes = 10\n", "bad value for `api.max_line_bytes`"),
         ("[api]\nwatch_queue = true\n", "bad value for `api.watch_queue`"),
         ('[api]\nwatch_queue = "10"\n', "bad value for `api.watch_queue`"),
+        # Values are shown as TOML writes them, not as Python does.
+        ("[api]\nwatch_queue = true\n", "(got true)"),
+        ('[api]\nwatch_queue = "10"\n', '(got "10")'),
+        ("[api]\nwatch_queue = 1500.0\n", "(got 1500.0)"),
         ('api = "x"\n', "`api` must be a table"),
         ('name = ""\n', "bad value for `name`"),
         ("name = [\n", "invalid TOML"),
@@ -110,6 +115,13 @@ def test_initial_config_is_valid_and_documents_every_key() -> None:
     assert config.listen == "127.0.0.1:1"
     for key in KEYS:
         assert key.name.split(".")[-1] in text
+
+
+def test_a_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
+    # Some editors start UTF-8 files with one; TOML parsers do not take it.
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'\xef\xbb\xbfname = "lap"\n')
+    assert load_config(path).name == "lap"
 
 
 def test_parse_listen() -> None:

@@ -196,6 +196,16 @@ def test_sighup_reloads_and_survives_a_bad_config(home: Path) -> None:
         assert d.stop() == 0
 
 
+def test_a_missing_config_is_said_at_start(home: Path) -> None:
+    with daemon_process(home) as d:
+        assert d.stop() == 0
+    (home / "config.toml").unlink()
+    with daemon_process(home) as d:
+        assert d.call("status")["listen"] == "0.0.0.0:7400"
+        assert f"no config file at {home / 'config.toml'}: using the defaults" in d.stderr()
+        assert d.stop() == 0
+
+
 def test_journal_logging_has_priorities_and_no_timestamps(home: Path, tmp_path: Path) -> None:
     d = DaemonProcess(home)
     d.stderr_path.touch()

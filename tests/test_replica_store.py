@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -437,6 +438,38 @@ def test_a_database_put_back_while_open_does_not_get_the_old_write_ahead_log(
     with Store(db) as again:
         assert again.list_keys("restored") == ["doc"]
         assert again.list_keys("n") == []
+
+
+def test_a_write_ahead_log_without_its_database_is_set_aside_not_applied(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A daemon killed (its -wal holds the latest writes), then syncd.db moved away to start
+    # empty: SQLite would apply the orphaned log to the new database.
+    crashed = db.parent.parent / "crashed"
+    crashed.mkdir()
+    files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    with Store(db) as s:
+        for i in range(20):
+            s.apply_local("n", f"k{i}", Put({"v": i}))
+        for f in files:
+            shutil.copy(f, crashed / f.name)  # the files as a kill -9 now would leave them
+    for f in files:
+        f.unlink(missing_ok=True)
+    shutil.copy(crashed / (db.name + "-wal"), db.parent)
+    shutil.copy(crashed / (db.name + "-shm"), db.parent)
+    moved = crashed / db.name  # "moved away", without its log
+    with caplog.at_level("WARNING", logger="syncd.replica"), Store(db) as fresh:
+        assert fresh.list_keys("n") == []
+    assert f"{db} does not exist but its write-ahead log does" in caplog.text
+    aside = sorted(db.parent.glob("*.stale-*"))
+    assert [p.name.split(".stale-")[0] for p in aside] == [db.name + "-shm", db.name + "-wal"]
+    # What the warning advises: the moved database with the log set aside next to it.
+    for f in files:
+        f.unlink(missing_ok=True)
+    moved.rename(db)
+    aside[1].rename(db.with_name(db.name + "-wal"))
+    with Store(db) as recovered:
+        assert len(recovered.list_keys("n")) == 20
 
 
 def test_a_database_file_that_cannot_be_checked_is_an_io_error(

@@ -239,6 +239,8 @@ async def run_daemon(
                 except DaemonError as exc:
                     log.info("%s; running with the default settings", exc)
             config = load_config(paths.config_file)
+            if config.source is None and not created:
+                log.info("no config file at %s: using the defaults", paths.config_file)
             settings = Settings(config, log_level)
             set_level(settings.log_level)
             return await _serve(paths, identity, settings, store_factory, notifier, signals)

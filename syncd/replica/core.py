@@ -133,6 +133,8 @@ class StoreCore:
         self._lock_fd = _lock(self.path)
         try:
             created = not self.path.exists()
+            if created:
+                self._set_aside_orphaned_log()
             try:
                 self._conn = schema.open_database(
                     self.path, synchronous=synchronous, build_index=ranges.build_index
@@ -207,17 +209,13 @@ class StoreCore:
         """The database file was replaced or deleted while open: move this connection's
         write-ahead log (and its index) out of the way, or SQLite would apply it to the file
         now at :attr:`path` (a backup put back, say) the next time it is opened."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        moved = []
+        ours = []
         for suffix, ident in self._log_ids.items():
             log_path = self.path.with_name(self.path.name + suffix)
-            aside = log_path.with_name(f"{log_path.name}.stale-{stamp}")
-            try:
+            with suppress(OSError):
                 if _file_id(log_path) == ident:  # (not one put back with the database)
-                    os.rename(log_path, aside)
-                    moved.append(aside.name)
-            except OSError:
-                continue
+                    ours.append(log_path)
+        moved = _set_aside(ours)
         if moved:
             log.warning(
                 "%s was replaced or deleted while syncd had it open: its write-ahead log is "
@@ -225,6 +223,30 @@ class StoreCore:
                 self.path,
                 ", ".join(moved),
                 self.path.parent,
+            )
+
+    def _set_aside_orphaned_log(self) -> None:
+        """No database file, yet a write-ahead log (a database moved or deleted after a daemon
+        that did not stop cleanly): SQLite would apply it to the new, empty database. Move it
+        out of the way instead (it holds the last writes of the database that was moved)."""
+        left = [
+            log_path
+            for suffix in ("-wal", "-shm")
+            if (log_path := self.path.with_name(self.path.name + suffix)).exists()
+            or log_path.is_symlink()
+        ]
+        moved = _set_aside(left)
+        if moved:
+            log.warning(
+                "%s does not exist but its write-ahead log does (the database was moved or "
+                "deleted after syncd stopped without closing it): set aside as %s in %s so "
+                "that it is not applied to a new database. It holds the latest writes of the "
+                "database that was there: to keep them, put that database back with this file "
+                "renamed to %s-wal next to it",
+                self.path,
+                ", ".join(moved),
+                self.path.parent,
+                self.path.name,
             )
 
     def __enter__(self) -> Self:
@@ -747,6 +769,19 @@ def _log_file_ids(path: Path) -> dict[str, tuple[int, int]]:
         with suppress(OSError):
             ids[suffix] = _file_id(path.with_name(path.name + suffix))
     return ids
+
+
+def _set_aside(files: Iterable[Path]) -> list[str]:
+    """Rename each file to ``NAME.stale-TIME`` (those that cannot be renamed stay); return
+    the new names."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for file in files:
+        aside = file.with_name(f"{file.name}.stale-{stamp}")
+        with suppress(OSError):
+            os.rename(file, aside)
+            moved.append(aside.name)
+    return moved
 
 
 def _file_id(path: Path) -> tuple[int, int]:

@@ -140,7 +140,7 @@ def database_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError:
         return CorruptDatabaseError(
             message + " (the database looks damaged. If the disk itself failed, see the system "
             "log and fix that first: a failing disk also gives this error. Otherwise restore "
-            "the database from a backup or move it away)"
+            "the database from a backup or move it away, with its -wal and -shm files)"
         )
     if primary in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
         return DatabaseLockedError(message)
