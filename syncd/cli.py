@@ -101,10 +101,27 @@ class _SubParser(Parser):
         return parsed, extra
 
 
+class _RunOption(argparse.Action):
+    """``syncd --log-level debug run``: say where the option belongs, rather than take
+    ``debug`` for an unknown command."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is an option of `run`: write `syncd run {option_string} LEVEL`"
+        )
+
+
 def build_parser() -> Parser:
     """The argument parser of every command."""
     p = Parser(prog="syncd", description="Peer-to-peer sync daemon.")
     p.add_argument("--version", action="version", version=f"syncd {__version__}")
+    p.add_argument("--log-level", action=_RunOption, nargs="?", help=argparse.SUPPRESS)
     _global_options(p, after=False)
     sub = p.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_SubParser

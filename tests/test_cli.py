@@ -153,6 +153,9 @@ def test_usage_errors_are_one_line_exit_2(run: Run, tmp_path: Path) -> None:
     fails(run("--home", home, "folder", "add", "n", ""), 2, "the folder path must not be empty")
     fails(run("--home", home, "folder", "rm", ""), 2, "the namespace must not be empty")
     fails(run("--home", home, "put", "n", "k", " \n"), 2, "the document is empty")
+    fails(
+        run("--home", home, "--log-level", "debug", "run"), 2, "--log-level is an option of `run`"
+    )
     fails(run("--home", home, "put", "n", "k", "-", stdin=""), 2, "(from stdin) is empty")
 
 
