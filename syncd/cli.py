@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -18,7 +19,16 @@ from contextlib import suppress
 from typing import Any, NoReturn
 
 from syncd import __version__, jsontext
-from syncd.cli_output import OutputError, flush, json_text, print_json, show, write
+from syncd.cli_output import (
+    RESULTS,
+    OutputError,
+    fits,
+    flush,
+    json_text,
+    print_json,
+    show,
+    write,
+)
 from syncd.client import Client, ClientError, DaemonNotRunning, RemoteError
 from syncd.config import (
     MAX_ADDRESSES,
@@ -367,8 +377,16 @@ def _create_database(paths: Paths) -> None:
     is one whose database was lost, which `syncd run` then warns about."""
     from syncd.replica import DatabaseLockedError, Store  # here: slow to import
 
-    with suppress(DatabaseLockedError):  # a daemon started on this home meanwhile made it
-        Store(paths.database).close()
+    # What the store logs (a write-ahead log it set aside) is told as the CLI tells things.
+    said = logging.StreamHandler(sys.stderr)
+    said.setFormatter(logging.Formatter("syncd: %(message)s"))
+    store_log = logging.getLogger("syncd.replica")
+    store_log.addHandler(said)
+    try:
+        with suppress(DatabaseLockedError):  # a daemon started on this home meanwhile made it
+            Store(paths.database).close()
+    finally:
+        store_log.removeHandler(said)
 
 
 def _not_applied(args: argparse.Namespace, paths: Paths, config: Config) -> None:
@@ -462,7 +480,9 @@ def _watch(args: argparse.Namespace, paths: Paths) -> int:
     with _client(paths) as client:
         client.watch(args.ns, args.prefix, args.initial)
         for msg in client.notifications():
-            params = msg.get("params") or {}
+            params = msg.get("params")
+            if not isinstance(params, dict):
+                raise _unexpected(paths, "notification", msg)
             if msg.get("method") == "overflow":
                 sys.stderr.write("syncd: watch fell behind; resending the current documents\n")
                 # Subscribed first, then listed: a document deleted before the new
@@ -564,15 +584,19 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
     method, params = request_for(args)  # usage errors win over a missing daemon
     with _client(paths) as client:
         result = client.call(method, **params)
-    try:
-        return show(args, result)
-    except (KeyError, TypeError, AttributeError):  # not what a syncd daemon answers
-        answer = repr(result)
-        answer = answer if len(answer) <= 200 else answer[:200] + "..."
-        raise SyncdError(
-            f"unexpected answer from {paths.socket} to {method}: {answer}; "
-            "is this the socket of a syncd daemon of the same version?"
-        ) from None
+    if not fits(result, RESULTS.get(args.command, dict)):
+        raise _unexpected(paths, f"answer to {method}", result)
+    return show(args, result)
+
+
+def _unexpected(paths: Paths, what: str, value: Any) -> SyncdError:
+    """Something from the socket that no syncd daemon (of this version) sends."""
+    text = repr(value)
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return SyncdError(
+        f"unexpected {what} from {paths.socket}: {text}; "
+        "is this the socket of a syncd daemon of the same version?"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,7 +83,44 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def _when(ts: Any) -> str:
     if not isinstance(ts, int | float):
         return "never"
-    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # NaN, 1e20: not a time
+        return "?"
+
+
+RESULTS: dict[str, Any] = {
+    "status": {
+        "device_id": str,
+        "name": str,
+        "version": str,
+        "listen": str,
+        "peers_connected": int,
+        "namespaces": [str],
+    },
+    "peers": {"peers": [{"id": str, "addresses": [str]}], "pending": [dict]},
+    "ns": {"namespaces": [{"ns": str, "documents": int, "devices": [str]}]},
+    "get": {"exists": bool},
+    "ls": {"keys": [str]},
+    "sync": {"acked_by": [str], "pending": [str]},
+    "del": {"existed": bool},
+}
+"""What the output of each command relies on in the daemon's result (the contract's shapes;
+other members are allowed): a dict names required members, a one-item list is a list of
+such items. Any other command's result must be an object."""
+
+
+def fits(value: Any, spec: Any) -> bool:
+    """Whether ``value`` has the shape ``spec`` (see :data:`RESULTS`)."""
+    if isinstance(spec, dict):
+        return isinstance(value, dict) and all(
+            k in value and fits(value[k], sub) for k, sub in spec.items()
+        )
+    if isinstance(spec, list):
+        return isinstance(value, list) and all(fits(item, spec[0]) for item in value)
+    if spec is int:
+        return type(value) is int
+    return isinstance(value, spec)
 
 
 def _status(r: dict[str, Any]) -> str:

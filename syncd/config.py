@@ -8,6 +8,7 @@ the same keys for users.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -50,7 +51,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     port") is refused. Used for this device's ``listen`` address and for other devices'
     addresses.
     """
-    if isinstance(text, str) and text.startswith("[") and text.endswith("]"):
+    if isinstance(text, str) and re.fullmatch(r"\[[^\]]*\]", text):
         raise ValueError("missing :PORT after the address: [ADDR]:PORT")
     if not isinstance(text, str) or ":" not in text:
         raise ValueError("expected HOST:PORT")
@@ -242,7 +243,7 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                 raise ConfigError(f"{where}: `{key}` must be a table ([{key}])")
             for sub, subvalue in value.items():
                 flat[f"{key}.{sub}"] = subvalue
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and key not in _BY_NAME:
             known = ", ".join(f"[{section}]" for section in sorted(_SECTIONS))
             raise ConfigError(f"{where}: unknown section [{key}] (known sections: {known})")
         else:
@@ -326,8 +327,8 @@ def _toml_value(value: Any) -> str:
     """``value`` as it is written in TOML (for messages): ``true``, ``"text"``, ``1500.0``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return _toml_string(value)
+    if isinstance(value, str):  # (JSON's escapes are TOML's: no raw control character)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):

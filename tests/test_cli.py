@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -116,6 +117,21 @@ def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) ->
     status, out, err = run("--home", str(home), "init")
     assert status == 0 and "nothing changed" in err
     assert (home / "config.toml").is_symlink()
+
+
+def test_init_completing_a_database_tells_of_a_log_it_set_aside(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    ok(run("--home", str(home), "init"))
+    (home / "syncd.db").unlink()  # moved away after a crash, its log left behind
+    (home / "syncd.db-wal").write_bytes(b"the last writes")
+    status, _out, err = run("--home", str(home), "init")
+    assert status == 0
+    lines = err.splitlines()
+    assert all(line.startswith("syncd: ") for line in lines), err
+    assert f"{home / 'syncd.db'} does not exist but its write-ahead log does" in err
+    assert "created the missing database" in err
+    (aside,) = home.glob("syncd.db-wal.stale-*")
+    assert aside.read_bytes() == b"the last writes"
 
 
 def test_init_rejects_bad_listen(run: Run, tmp_path: Path) -> None:
@@ -698,19 +714,50 @@ def test_an_answer_that_is_not_syncd_s_is_one_line_not_a_traceback_or_a_hang(
 ) -> None:
     # --socket pointing at another JSON-RPC service, or at a daemon of another version.
     path = tmp_path / "other.sock"
-    thread = _answering_daemon(
-        path,
-        [
-            {"id": "same", "result": {"nope": 1}},
-            {"id": "same", "result": [1, 2]},
-            {"id": 99, "result": {"keys": []}},
-            {"id": "abc", "result": {"keys": []}},
-        ],
-    )
-    sock = ("--socket", str(path))
-    fails(run(*sock, "ls", "n"), 1, f"unexpected answer from {path} to list: {{'nope': 1}}")
-    fails(run(*sock, "status"), 1, "unexpected answer")
-    fails(run(*sock, "ls", "n"), 1, "answered a request that was never sent (id 99)")
-    fails(run(*sock, "ls", "n"), 1, "answered a request that was never sent (id 'abc')")
+    peer = {"id": "X", "name": "n", "trusted": True, "connected": False, "addresses": []}
+    cases: list[tuple[tuple[str, ...], dict[str, object], str]] = [
+        (("ls", "n"), {"result": {"nope": 1}}, "unexpected answer to list from"),
+        (("ls", "n"), {"result": {"keys": [1]}}, "unexpected answer to list"),
+        (("status",), {"result": [1, 2]}, "unexpected answer to status from"),
+        (("get", "n", "k"), {"result": None}, "unexpected answer to get"),
+        (("ns",), {"result": {"namespaces": [{"ns": "n"}]}}, "unexpected answer to namespaces"),
+        (("put", "n", "k", "{}"), {"result": "ok"}, "unexpected answer to put"),
+        (("ls", "n"), {"id": 99, "result": {"keys": []}}, "never sent (id 99)"),
+        (("ls", "n"), {"id": "abc", "result": {"keys": []}}, "never sent (id 'abc')"),
+    ]
+    thread = _answering_daemon(path, [{"id": "same", **answer} for _, answer, _ in cases])
+    for argv, _, fragment in cases:
+        fails(run("--socket", str(path), *argv), 1, fragment)
     thread.join(10)
     assert not thread.is_alive()
+    # A peer seen at a time no clock shows is shown, not a traceback.
+    path = tmp_path / "peers.sock"
+    odd = [{**peer, "last_seen": when} for when in (1e20, math.nan, None)]
+    thread = _answering_daemon(path, [{"id": "same", "result": {"peers": odd, "pending": []}}])
+    out = ok(run("--socket", str(path), "peers"))
+    assert out.count("\nX ") == 3 and "?" in out and "never" in out
+    thread.join(10)
+
+
+def test_watch_with_a_notification_that_is_not_syncd_s_is_one_line(
+    run: Run, tmp_path: Path
+) -> None:
+    path = tmp_path / "other.sock"
+    listener = bind_unix(path)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                request = json.loads(lines.readline())
+                answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"subscription": 1}}
+                note = {"jsonrpc": "2.0", "method": "change", "params": "oops"}
+                conn.sendall(
+                    json.dumps(answer).encode() + b"\n" + json.dumps(note).encode() + b"\n"
+                )
+                lines.readline()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    fails(run("--socket", str(path), "watch", "n"), 1, "unexpected notification from")
+    thread.join(10)

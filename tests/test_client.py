@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -548,6 +548,22 @@ async def test_an_answer_to_a_request_never_sent_ends_the_connection(
     async with fake_daemon(tmp_path, script) as path, open_client(path) as client:
         with pytest.raises(ConnectionLost, match=re.escape(f"never sent (id {wrong_id!r})")):
             await client.status()
+
+
+def test_the_blocking_client_also_ends_on_an_answer_to_a_request_never_sent(
+    tmp_path: Path,
+) -> None:
+    def script(conn: socket.socket) -> None:
+        request = read_request(conn)
+        send_line(conn, {"jsonrpc": "2.0", "id": request["id"] + 1, "result": {}})
+        with suppress(EOFError):
+            read_request(conn)
+
+    with thread_daemon(tmp_path, script) as path, Client(path) as client:
+        with pytest.raises(ConnectionLost, match=r"never sent \(id 2\)"):
+            client.status()
+        with pytest.raises(ConnectionLost):  # the connection is done with
+            client.status()
 
 
 async def test_initial_values_do_not_count_against_the_client_buffers(

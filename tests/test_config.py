@@ -66,6 +66,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[api]\nwatch_queue = true\n", "(got true)"),
         ('[api]\nwatch_queue = "10"\n', '(got "10")'),
         ("[api]\nwatch_queue = 1500.0\n", "(got 1500.0)"),
+        ('log_level = "a\\u001b[31m\\nb"\n', '(got "a\\u001b[31m\\nb")'),  # escaped, one line
+        ('name = {first = "x"}\n', "bad value for `name`"),
+        ('listen = "[::1]:80]"\n', "bad value for `listen`"),
         ('api = "x"\n', "`api` must be a table"),
         ('name = ""\n', "bad value for `name`"),
         ("name = [\n", "invalid TOML"),

@@ -461,6 +461,7 @@ def test_a_write_ahead_log_without_its_database_is_set_aside_not_applied(
     with caplog.at_level("WARNING", logger="syncd.replica"), Store(db) as fresh:
         assert fresh.list_keys("n") == []
     assert f"{db} does not exist but its write-ahead log does" in caplog.text
+    assert f"rename {db.name}-wal.stale-" in caplog.text  # the one file to rename
     aside = sorted(db.parent.glob("*.stale-*"))
     assert [p.name.split(".stale-")[0] for p in aside] == [db.name + "-shm", db.name + "-wal"]
     # What the warning advises: the moved database with the log set aside next to it.
@@ -470,6 +471,22 @@ def test_a_write_ahead_log_without_its_database_is_set_aside_not_applied(
     aside[1].rename(db.with_name(db.name + "-wal"))
     with Store(db) as recovered:
         assert len(recovered.list_keys("n")) == 20
+
+
+def test_a_lone_index_file_is_set_aside_without_a_word_and_names_are_never_reused(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db.parent.mkdir(parents=True)
+    shm = db.with_name(db.name + "-shm")
+    for round_ in range(3):  # within one second: each gets a name of its own
+        shm.write_bytes(b"round %d" % round_)
+        with caplog.at_level("WARNING", logger="syncd.replica"), Store(db):
+            pass
+        for f in (db, db.with_name(db.name + "-wal"), shm):
+            f.unlink(missing_ok=True)
+    assert caplog.text == ""  # (SQLite rebuilds an index: nothing of value was in it)
+    kept = sorted(f.read_bytes() for f in db.parent.glob(shm.name + ".stale-*"))
+    assert kept == [b"round 0", b"round 1", b"round 2"]
 
 
 def test_a_database_file_that_cannot_be_checked_is_an_io_error(

@@ -228,25 +228,23 @@ class StoreCore:
     def _set_aside_orphaned_log(self) -> None:
         """No database file, yet a write-ahead log (a database moved or deleted after a daemon
         that did not stop cleanly): SQLite would apply it to the new, empty database. Move it
-        out of the way instead (it holds the last writes of the database that was moved)."""
-        left = [
-            log_path
-            for suffix in ("-wal", "-shm")
-            if (log_path := self.path.with_name(self.path.name + suffix)).exists()
-            or log_path.is_symlink()
-        ]
-        moved = _set_aside(left)
-        if moved:
+        out of the way instead (it holds the last writes of the database that was moved); a
+        lost ``-shm`` alone (an index SQLite rebuilds) goes too, without a word."""
+        wal, shm = (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))
+        moved = _set_aside([f for f in (wal, shm) if f.exists() or f.is_symlink()])
+        wal_aside = next((name for name in moved if name.startswith(wal.name + ".")), None)
+        if wal_aside is not None:
             log.warning(
                 "%s does not exist but its write-ahead log does (the database was moved or "
-                "deleted after syncd stopped without closing it): set aside as %s in %s so "
+                "deleted after syncd stopped without closing it): %s is set aside as %s so "
                 "that it is not applied to a new database. It holds the latest writes of the "
-                "database that was there: to keep them, put that database back with this file "
-                "renamed to %s-wal next to it",
+                "database that was there: to keep them, stop syncd, put that database back "
+                "and rename %s to %s next to it",
                 self.path,
-                ", ".join(moved),
-                self.path.parent,
-                self.path.name,
+                wal.name,
+                wal_aside,
+                wal_aside,
+                wal.name,
             )
 
     def __enter__(self) -> Self:
@@ -772,16 +770,45 @@ def _log_file_ids(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def _set_aside(files: Iterable[Path]) -> list[str]:
-    """Rename each file to ``NAME.stale-TIME`` (those that cannot be renamed stay); return
+    """Rename each file to ``NAME.stale-TIME`` (``-2``, ``-3``... after it if that name is
+    taken: an earlier one is never overwritten); those that cannot be renamed stay. Returns
     the new names."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     moved = []
     for file in files:
-        aside = file.with_name(f"{file.name}.stale-{stamp}")
-        with suppress(OSError):
-            os.rename(file, aside)
-            moved.append(aside.name)
+        for n in range(1, 1000):
+            aside = file.with_name(f"{file.name}.stale-{stamp}" + (f"-{n}" if n > 1 else ""))
+            done = _move_if_free(file, aside)
+            if done is False:
+                continue  # that name is taken: the next
+            if done:
+                moved.append(aside.name)
+            break
     return moved
+
+
+def _move_if_free(file: Path, target: Path) -> bool | None:
+    """Rename ``file`` to ``target`` unless ``target`` exists: True if done, False if the
+    name is taken, None if ``file`` cannot be moved (it stays)."""
+    try:
+        os.link(file, target)  # fails if the name is taken, where rename would overwrite
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system (vfat, some FUSE): rename
+        if os.path.lexists(target):
+            return False
+        try:
+            os.rename(file, target)
+        except OSError:
+            return None
+        return True
+    try:
+        os.unlink(file)
+    except OSError:
+        with suppress(OSError):
+            os.unlink(target)
+        return None
+    return True
 
 
 def _file_id(path: Path) -> tuple[int, int]:
