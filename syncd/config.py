@@ -51,10 +51,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     port") is refused. Used for this device's ``listen`` address and for other devices'
     addresses.
     """
-    if isinstance(text, str) and re.fullmatch(r"\[[^\]]*\]", text):
-        raise ValueError("missing :PORT after the address: [ADDR]:PORT")
     if not isinstance(text, str) or ":" not in text:
         raise ValueError("expected HOST:PORT")
+    if re.fullmatch(r"\[[^\]]*\]", text):
+        raise ValueError("missing :PORT after the address: [ADDR]:PORT")
     bad = next((c for c in text if not "!" <= c <= "~"), None)
     if bad is not None:
         raise ValueError(
@@ -327,8 +327,8 @@ def _toml_value(value: Any) -> str:
     """``value`` as it is written in TOML (for messages): ``true``, ``"text"``, ``1500.0``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):  # (JSON's escapes are TOML's: no raw control character)
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return _toml_string(value)
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
@@ -337,8 +337,8 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    """A TOML basic string (JSON's escapes are TOML's: no raw control character)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def initial_config_text(name: str, listen: str) -> str:

@@ -687,22 +687,24 @@ def test_watch_reports_deletions_it_missed_while_behind(run: Run, tmp_path: Path
     assert lines[2]["origin"] is None
 
 
-def _answering_daemon(path: Path, answers: list[dict[str, object]]) -> threading.Thread:
-    """A fake daemon on ``path`` that answers one request per connection with each of
-    ``answers`` in turn (``"id": "same"`` is replaced by the request's id)."""
+def _answering_daemon(path: Path, answers: list[list[dict[str, object]]]) -> threading.Thread:
+    """A fake daemon on ``path`` that serves one request per connection: it sends the
+    messages of each item of ``answers`` in turn (``"id": "same"`` is replaced by the
+    request's id), then waits for the client to hang up."""
     listener = bind_unix(path)
 
     def serve() -> None:
         with listener:
-            for answer in answers:
+            for messages in answers:
                 conn, _ = listener.accept()
                 with conn, conn.makefile("rb") as lines:
                     request = json.loads(lines.readline())
-                    msg = {"jsonrpc": "2.0", **answer}
-                    if msg["id"] == "same":
-                        msg["id"] = request["id"]
-                    conn.sendall(json.dumps(msg).encode() + b"\n")
-                    lines.readline()  # until the client hangs up
+                    for message in messages:
+                        msg = {"jsonrpc": "2.0", **message}
+                        if msg.get("id") == "same":
+                            msg["id"] = request["id"]
+                        conn.sendall(json.dumps(msg).encode() + b"\n")
+                    lines.readline()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -725,7 +727,7 @@ def test_an_answer_that_is_not_syncd_s_is_one_line_not_a_traceback_or_a_hang(
         (("ls", "n"), {"id": 99, "result": {"keys": []}}, "never sent (id 99)"),
         (("ls", "n"), {"id": "abc", "result": {"keys": []}}, "never sent (id 'abc')"),
     ]
-    thread = _answering_daemon(path, [{"id": "same", **answer} for _, answer, _ in cases])
+    thread = _answering_daemon(path, [[{"id": "same", **answer}] for _, answer, _ in cases])
     for argv, _, fragment in cases:
         fails(run("--socket", str(path), *argv), 1, fragment)
     thread.join(10)
@@ -733,7 +735,7 @@ def test_an_answer_that_is_not_syncd_s_is_one_line_not_a_traceback_or_a_hang(
     # A peer seen at a time no clock shows is shown, not a traceback.
     path = tmp_path / "peers.sock"
     odd = [{**peer, "last_seen": when} for when in (1e20, math.nan, None)]
-    thread = _answering_daemon(path, [{"id": "same", "result": {"peers": odd, "pending": []}}])
+    thread = _answering_daemon(path, [[{"id": "same", "result": {"peers": odd, "pending": []}}]])
     out = ok(run("--socket", str(path), "peers"))
     assert out.count("\nX ") == 3 and "?" in out and "never" in out
     thread.join(10)
@@ -743,21 +745,8 @@ def test_watch_with_a_notification_that_is_not_syncd_s_is_one_line(
     run: Run, tmp_path: Path
 ) -> None:
     path = tmp_path / "other.sock"
-    listener = bind_unix(path)
-
-    def serve() -> None:
-        with listener:
-            conn, _ = listener.accept()
-            with conn, conn.makefile("rb") as lines:
-                request = json.loads(lines.readline())
-                answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"subscription": 1}}
-                note = {"jsonrpc": "2.0", "method": "change", "params": "oops"}
-                conn.sendall(
-                    json.dumps(answer).encode() + b"\n" + json.dumps(note).encode() + b"\n"
-                )
-                lines.readline()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    subscribed: dict[str, object] = {"id": "same", "result": {"subscription": 1}}
+    odd: dict[str, object] = {"method": "change", "params": "oops"}
+    thread = _answering_daemon(path, [[subscribed, odd]])
     fails(run("--socket", str(path), "watch", "n"), 1, "unexpected notification from")
     thread.join(10)

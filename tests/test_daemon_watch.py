@@ -28,6 +28,18 @@ async def watch_initial(w: Line) -> None:
     assert "subscription" in (await w.recv())["result"]
 
 
+def before_reads(api: Any, monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
+    """Make the daemon's document reads (``store.get``) await ``hook(key)`` first: it may
+    change documents, or raise to fail the read."""
+    real_get = api.store.get
+
+    async def get(ns: str, key: str, *, conflicts: bool = False) -> Any:
+        await hook(key)
+        return await real_get(ns, key, conflicts=conflicts)
+
+    monkeypatch.setattr(api.store, "get", get)
+
+
 async def next_notification(conn: Line) -> dict[str, Any]:
     while True:
         msg = await conn.recv()
@@ -267,14 +279,12 @@ async def test_a_document_deleted_during_the_initial_snapshot_is_reported_delete
     ):
         for key in ("a", "b"):
             await c.call("put", {"ns": "n", "key": key, "value": {}})
-        real_get = api.store.get
 
-        async def get_deleting_b(ns: str, key: str, *, conflicts: bool = False) -> Any:
+        async def deleting_b(key: str) -> None:
             if key == "a":  # while the snapshot reads "a", someone deletes "b"
                 await api.store.delete("n", "b")
-            return await real_get(ns, key, conflicts=conflicts)
 
-        monkeypatch.setattr(api.store, "get", get_deleting_b)
+        before_reads(api, monkeypatch, deleting_b)
         await watch_initial(w)
         notes = [(await next_notification(w))["params"] for _ in range(2)]
         assert [(n["key"], n["deleted"], n.get("initial", False)) for n in notes] == [
@@ -363,19 +373,17 @@ async def test_changes_of_a_document_whose_initial_read_fails_still_arrive(
 ) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
         await put_zeros(api.store, "a", "b", "c")
-        real_get = api.store.get
         failed: list[str] = []
 
-        async def flaky_get(ns: str, key: str, *, conflicts: bool = False) -> Any:
+        async def flaky(key: str) -> None:
             if key == "a":  # while "a" is read, "b" changes and "c" is deleted
                 await api.store.put("n", "b", {"v": 1})
                 await api.store.delete("n", "c")
             if key in ("b", "c") and key not in failed:
                 failed.append(key)
                 raise StoreError(f"cannot read {key} just now")
-            return await real_get(ns, key, conflicts=conflicts)
 
-        monkeypatch.setattr(api.store, "get", flaky_get)
+        before_reads(api, monkeypatch, flaky)
         await watch_initial(w)
         with trio.fail_after(10):  # (they never came: a regression hangs here otherwise)
             notes = [(await next_notification(w))["params"] for _ in range(3)]
@@ -392,10 +400,9 @@ async def test_a_document_recreated_while_its_failed_initial_read_ran_shows_as_i
 ) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
         await put_zeros(api.store, "a", "c")
-        real_get = api.store.get
         failed = False
 
-        async def flaky_get(ns: str, key: str, *, conflicts: bool = False) -> Any:
+        async def flaky(key: str) -> None:
             nonlocal failed
             if key == "a":
                 await api.store.delete("n", "c")  # "c" is deleted while pending...
@@ -403,9 +410,8 @@ async def test_a_document_recreated_while_its_failed_initial_read_ran_shows_as_i
                 failed = True
                 await api.store.put("n", "c", {"v": 9})  # ...made again during its read
                 raise StoreError("cannot read c just now")
-            return await real_get(ns, key, conflicts=conflicts)
 
-        monkeypatch.setattr(api.store, "get", flaky_get)
+        before_reads(api, monkeypatch, flaky)
         await watch_initial(w)
         last: dict[str, Any] = {}
         with trio.fail_after(10):

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
+from itertools import count
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -210,10 +211,9 @@ class StoreCore:
         write-ahead log (and its index) out of the way, or SQLite would apply it to the file
         now at :attr:`path` (a backup put back, say) the next time it is opened."""
         ours = []
-        for suffix, ident in self._log_ids.items():
-            log_path = self.path.with_name(self.path.name + suffix)
+        for log_path, ident in zip(_log_files(self.path), self._log_ids, strict=True):
             with suppress(OSError):
-                if _file_id(log_path) == ident:  # (not one put back with the database)
+                if ident is not None and _file_id(log_path) == ident:  # (not one put back)
                     ours.append(log_path)
         moved = _set_aside(ours)
         if moved:
@@ -221,7 +221,7 @@ class StoreCore:
                 "%s was replaced or deleted while syncd had it open: its write-ahead log is "
                 "set aside (%s in %s) so that it is not applied to the file now there",
                 self.path,
-                ", ".join(moved),
+                ", ".join(moved.values()),
                 self.path.parent,
             )
 
@@ -230,10 +230,9 @@ class StoreCore:
         that did not stop cleanly): SQLite would apply it to the new, empty database. Move it
         out of the way instead (it holds the last writes of the database that was moved); a
         lost ``-shm`` alone (an index SQLite rebuilds) goes too, without a word."""
-        wal, shm = (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))
-        moved = _set_aside([f for f in (wal, shm) if f.exists() or f.is_symlink()])
-        wal_aside = next((name for name in moved if name.startswith(wal.name + ".")), None)
-        if wal_aside is not None:
+        wal, shm = _log_files(self.path)
+        moved = _set_aside([f for f in (wal, shm) if os.path.lexists(f)])
+        if wal in moved:
             log.warning(
                 "%s does not exist but its write-ahead log does (the database was moved or "
                 "deleted after syncd stopped without closing it): %s is set aside as %s so "
@@ -242,8 +241,8 @@ class StoreCore:
                 "and rename %s to %s next to it",
                 self.path,
                 wal.name,
-                wal_aside,
-                wal_aside,
+                moved[wal],
+                moved[wal],
                 wal.name,
             )
 
@@ -760,55 +759,37 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _log_file_ids(path: Path) -> dict[str, tuple[int, int]]:
-    """Which files the write-ahead log and its index of the database at ``path`` are now."""
-    ids = {}
-    for suffix in ("-wal", "-shm"):
-        with suppress(OSError):
-            ids[suffix] = _file_id(path.with_name(path.name + suffix))
+def _log_files(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and its index (``-wal``, ``-shm``) of the database at ``path``."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _log_file_ids(path: Path) -> list[tuple[int, int] | None]:
+    """Which files the write-ahead log and its index of the database at ``path`` are now
+    (None: absent), in the order of :func:`_log_files`."""
+    ids: list[tuple[int, int] | None] = []
+    for log_path in _log_files(path):
+        try:
+            ids.append(_file_id(log_path))
+        except OSError:
+            ids.append(None)
     return ids
 
 
-def _set_aside(files: Iterable[Path]) -> list[str]:
+def _set_aside(files: Iterable[Path]) -> dict[Path, str]:
     """Rename each file to ``NAME.stale-TIME`` (``-2``, ``-3``... after it if that name is
     taken: an earlier one is never overwritten); those that cannot be renamed stay. Returns
-    the new names."""
+    the new name of each file moved. (Only this store, holding the database's lock, names
+    files so: a name found free stays free.)"""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    moved = []
+    moved = {}
     for file in files:
-        for n in range(1, 1000):
-            aside = file.with_name(f"{file.name}.stale-{stamp}" + (f"-{n}" if n > 1 else ""))
-            done = _move_if_free(file, aside)
-            if done is False:
-                continue  # that name is taken: the next
-            if done:
-                moved.append(aside.name)
-            break
-    return moved
-
-
-def _move_if_free(file: Path, target: Path) -> bool | None:
-    """Rename ``file`` to ``target`` unless ``target`` exists: True if done, False if the
-    name is taken, None if ``file`` cannot be moved (it stays)."""
-    try:
-        os.link(file, target)  # fails if the name is taken, where rename would overwrite
-    except FileExistsError:
-        return False
-    except OSError:  # no hard links on this file system (vfat, some FUSE): rename
-        if os.path.lexists(target):
-            return False
-        try:
-            os.rename(file, target)
-        except OSError:
-            return None
-        return True
-    try:
-        os.unlink(file)
-    except OSError:
+        names = (f"{file.name}.stale-{stamp}" + (f"-{n}" if n > 1 else "") for n in count(1))
+        aside = next(p for p in map(file.with_name, names) if not os.path.lexists(p))
         with suppress(OSError):
-            os.unlink(target)
-        return None
-    return True
+            os.rename(file, aside)
+            moved[file] = aside.name
+    return moved
 
 
 def _file_id(path: Path) -> tuple[int, int]:
