@@ -117,6 +117,7 @@ def verify(history: History, run: str, result: Run) -> None:
     """Everything the module docstring promises, after one killed run."""
     assert result.replica_id not in history.replica_ids, "replica id reused"
     history.replica_ids.add(result.replica_id)
+    assert check_database(history.db) == []  # as the kill left it, before any repair
     with Store(history.db) as store:  # reopening runs WAL recovery
         ids_now = {store.replica_id}
         assert not ids_now & history.replica_ids

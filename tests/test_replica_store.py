@@ -585,6 +585,22 @@ def test_own_context_is_implicit_then_written_at_the_next_open(db: Path) -> None
         assert s.get("ns", "later").value == {"from": "peer"}
 
 
+def test_a_rollback_does_not_hand_out_committed_dots_again(db: Path) -> None:
+    # After a failed batch the store reloads its contexts from the database; the counter
+    # must resume after the dots of the writes that did commit.
+    with Store(db) as s:
+        for i in range(5):
+            s.apply_local("ns", f"k{i}", Put({"i": i}))
+        before = s.context("ns").max(s.replica_id)
+        s.begin()
+        s.apply_local("ns", "k0", Put({"i": 100}))
+        s.rollback()
+        change = s.apply_local("ns", "k9", Put({"i": 9}))
+        assert change.dots is not None and change.dots[0] == before + 1
+        assert s.get("ns", "k0").value == {"i": 0}
+    assert check_database(db) == []
+
+
 def _log_rows(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
