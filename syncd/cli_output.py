@@ -125,16 +125,18 @@ def fits(value: Any, spec: Any) -> bool:
 
 def _status(r: dict[str, Any]) -> str:
     ns = r.get("namespaces") or []
-    return "\n".join(
-        [
-            f"device ID:   {r['device_id']}",
-            f"name:        {r['name']}",
-            f"version:     {r['version']}",
-            f"listen:      {r['listen']}",
-            f"peers:       {r['peers_connected']} connected",
-            f"namespaces:  {', '.join(map(shown, ns)) if ns else '(none)'}",
-        ]
-    )
+    problems = r.get("problems")
+    lines = [
+        f"device ID:   {r['device_id']}",
+        f"name:        {r['name']}",
+        f"version:     {r['version']}",
+        f"listen:      {r['listen']}",
+        f"peers:       {r['peers_connected']} connected",
+        f"namespaces:  {', '.join(map(shown, ns)) if ns else '(none)'}",
+    ]
+    if isinstance(problems, list):
+        lines += [f"problem:     {shown(str(p))}" for p in problems]
+    return "\n".join(lines)
 
 
 def _peers(r: dict[str, Any]) -> str:

@@ -459,7 +459,16 @@ def test_a_database_deleted_under_the_daemon_refuses_writes_and_is_reported(home
             assert info.value.reason == "database_replaced"
             assert "the database file was deleted while syncd had it open" in str(info.value)
             assert client.get("n", "before")["value"] == {"v": 1}  # still served from memory
+            (problem,) = client.status()["problems"]
+            assert "the database file was deleted" in problem
         assert "a commit failed, its writes were refused" in d.stderr()
+        shown = subprocess.run(
+            [sys.executable, "-m", "syncd", "--home", str(home), "status"],
+            capture_output=True,
+            text=True,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "problem:     writes are refused since " in shown.stdout
         assert d.stop() == 0
     with daemon_process(home) as d:  # the restart says what happened before starting afresh
         assert f"no database at {home / 'syncd.db'} although this home has an identity" in (
@@ -539,9 +548,12 @@ def _full_disk(disk: Path, tmp_path: Path) -> None:
             assert refused.reason == "disk_full", refused
             assert "database or disk is full" in str(refused)
             assert client.list("n") == sorted(acked)  # reads go on
+            (problem,) = client.status()["problems"]
+            assert "database or disk is full" in problem
             filler.unlink()  # space freed: writes resume without a restart
             client.put("n", "after", {"i": -1})
             acked["after"] = -1
+            assert "problems" not in client.status()
         log = d.stderr()
         assert "a commit failed, its writes were refused" in log
         assert "commits succeed again" in log

@@ -311,8 +311,15 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
         assert rep.writer.stats.commits >= 1
         warnings = [r for r in caplog.records if "commit failed" in r.getMessage()]
         assert len(warnings) == 1  # repeated failures are not logged one by one
+        problem = rep.problem
+        assert problem is not None and problem.startswith("writes are refused since ")
+        assert problem.endswith("database or disk is full"), problem
+        assert rep.problem == problem  # a read that succeeds changes nothing
+        await rep.get("ns", "warm")
+        assert rep.problem == problem
         full = False
         await rep.put("ns", "after", {"ok": True})
+        assert rep.problem is None  # a write that commits ends it
         assert (await rep.get("ns", "after")).value == {"ok": True}
         assert (await rep.get("ns", "k0")).value is None
 

@@ -113,7 +113,7 @@ async def _visible_namespaces(svc: Service) -> list[NamespaceInfo]:
 async def _status(svc: Service, session: Session, p: Params) -> Any:
     p.done()
     namespaces = await _visible_namespaces(svc)
-    return {
+    result: dict[str, Any] = {
         "device_id": svc.device_id,
         "name": svc.name(),
         "version": __version__,
@@ -121,6 +121,10 @@ async def _status(svc: Service, session: Session, p: Params) -> Any:
         "peers_connected": len(svc.network.connected()),
         "namespaces": [n.ns for n in namespaces],
     }
+    problem = svc.store.problem
+    if problem is not None:  # (only then: a healthy daemon answers the contract's members)
+        result["problems"] = [problem]
+    return result
 
 
 @method("get")

@@ -91,6 +91,11 @@ class ReplicaStore:
         """Whether the replica runs its groups on the event loop (fast commits)."""
         return self.replica.commits_fast
 
+    @property
+    def problem(self) -> str | None:
+        """The replica's current problem (commits failing), if any."""
+        return self.replica.problem
+
     def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
         """Render values only for the changes ``wants``."""
         self.replica.set_value_filter(wants)

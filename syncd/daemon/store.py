@@ -121,6 +121,11 @@ class Store(Protocol):
         """
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the store now, in one line (e.g. commits failing), or None."""
+        ...
+
     def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
         """Give changes a ``value`` only when ``wants(ns, key)`` (any thread; quick); the others
         carry ``value`` None and ``deleted`` still right. None: every change."""

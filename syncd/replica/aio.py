@@ -24,6 +24,7 @@ still be applied (and then appears in the change feed).
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -174,6 +175,17 @@ class AsyncReplica:
         """Whether groups run on the trio thread now: batches average under the limit, and
         no group given to the writer thread is unfinished (order comes first)."""
         return self._writer.stats.batch_s_avg < INLINE_BATCH_MAX_S and not self._outstanding
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the replica now, in one line (commits failing: since when, and
+        the latest error), or None."""
+        failing = self._writer.failing
+        if failing is None:
+            return None
+        since, error = failing
+        when = datetime.datetime.fromtimestamp(since).isoformat(sep=" ", timespec="seconds")
+        return f"writes are refused since {when}: {error}"
 
     @property
     def writer(self) -> Writer:

@@ -120,6 +120,8 @@ class Writer:
         self._closed = False
         self._failure: BaseException | None = None
         self._thread_sink = _ThreadSink()
+        self.failing: tuple[float, str] | None = None
+        """While commits fail: since when (Unix time) and the latest failure; None otherwise."""
         self._failures = RepeatLimiter(log, "failed commits", logging.ERROR)
         """Failed commits: at once, then once a minute while the same one repeats, and a line
         when commits succeed again."""
@@ -259,6 +261,7 @@ class Writer:
         except BaseException as exc:
             # Logged at once, then at most once a minute while the same failure repeats.
             self._failures.note(f"a commit failed, its writes were refused: {exc}")
+            self.failing = (self.failing[0] if self.failing else time.time(), str(exc))
             # One outcome each: an outcome can be unwrapped only once.
             reports.append(([(req, outcome.Error(exc)) for req in batch], []))
             changes = None
@@ -268,6 +271,7 @@ class Writer:
         if changes is not None:
             if timed:
                 self._failures.recovered("commits succeed again")
+                self.failing = None
             stats.commits += 1
             stats.requests += len(batch)
             reports.append((done, changes))
