@@ -172,10 +172,19 @@ class NotifyReceiver:
         value: str | None = None,
         timeout: float = START_TIMEOUT_S,
         alive: Callable[[], bool] | None = None,
+        contains: str | None = None,
+        since: int = 0,
     ) -> dict[str, str]:
-        """Block until a message with ``key`` (=``value``) arrives; returns it."""
-        for msg in self.messages:
-            if key in msg and (value is None or msg[key] == value):
+        """Block until a message with ``key`` (=``value``, or holding ``contains``) arrives;
+        returns the first such from message number ``since`` on."""
+
+        def wanted(msg: dict[str, str]) -> bool:
+            return key in msg and (
+                (value is None or msg[key] == value) and (contains is None or contains in msg[key])
+            )
+
+        for msg in self.messages[since:]:
+            if wanted(msg):
                 return msg
         deadline = time.monotonic() + timeout
         while True:
@@ -191,7 +200,7 @@ class NotifyReceiver:
                 continue
             msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             self.messages.append(msg)
-            if key in msg and (value is None or msg[key] == value):
+            if wanted(msg):
                 return msg
 
     def close(self) -> None:

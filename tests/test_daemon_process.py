@@ -462,6 +462,9 @@ def test_a_database_deleted_under_the_daemon_refuses_writes_and_is_reported(home
             (problem,) = client.status()["problems"]
             assert "the database file was deleted" in problem
         assert "a commit failed, its writes were refused" in d.stderr()
+        assert d.notify is not None  # systemctl status shows it too
+        status = d.notify.wait_for("STATUS", contains="writes are refused since")["STATUS"]
+        assert status.startswith("ready; device ") and "the database file was deleted" in status
         shown = subprocess.run(
             [sys.executable, "-m", "syncd", "--home", str(home), "status"],
             capture_output=True,
@@ -554,6 +557,12 @@ def _full_disk(disk: Path, tmp_path: Path) -> None:
             client.put("n", "after", {"i": -1})
             acked["after"] = -1
             assert "problems" not in client.status()
+        assert d.notify is not None  # systemctl status says it, and that it is over
+        failing = d.notify.wait_for("STATUS", contains="writes are refused since")
+        assert "disk is full" in failing["STATUS"]
+        after = d.notify.messages.index(failing) + 1
+        again = d.notify.wait_for("STATUS", contains="ready; device ", since=after)["STATUS"]
+        assert "refused" not in again
         log = d.stderr()
         assert "a commit failed, its writes were refused" in log
         assert "commits succeed again" in log

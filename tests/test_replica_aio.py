@@ -293,6 +293,14 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
 
         store.fault_hook = disk_full
         errors: list[BaseException] = []
+        seen: list[str | None] = []
+        trio_thread = threading.get_ident()
+
+        def record(now: str | None) -> None:
+            assert threading.get_ident() == trio_thread
+            seen.append(now)
+
+        rep.on_problem(record)
 
         async def put(i: int) -> None:
             try:
@@ -317,9 +325,14 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
         assert rep.problem == problem  # a read that succeeds changes nothing
         await rep.get("ns", "warm")
         assert rep.problem == problem
+        await trio.testing.wait_all_tasks_blocked()  # (a call from the writer thread, if any)
+        assert seen == [problem]  # once when it starts, not at every failure
         full = False
         await rep.put("ns", "after", {"ok": True})
         assert rep.problem is None  # a write that commits ends it
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [problem, None]
+        rep.on_problem(None)
         assert (await rep.get("ns", "after")).value == {"ok": True}
         assert (await rep.get("ns", "k0")).value is None
 

@@ -96,6 +96,10 @@ class ReplicaStore:
         """The replica's current problem (commits failing), if any."""
         return self.replica.problem
 
+    def on_problem(self, listener: Callable[[str | None], None] | None) -> None:
+        """Forward the replica's problem changes."""
+        self.replica.on_problem(listener)
+
     def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
         """Render values only for the changes ``wants``."""
         self.replica.set_value_filter(wants)

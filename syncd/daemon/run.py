@@ -193,10 +193,14 @@ async def probe_socket(path: Path) -> dict[str, object]:
     return result
 
 
-def _summary(identity: Identity, socket_path: Path, state: str = "ready") -> str:
-    """The one-line ``STATUS=`` (what ``systemctl status`` shows): it is sent at READY and on
-    reload, so it holds nothing that changes in between (no connection counts)."""
-    return f"{state}; device {identity.device_id[:7]}; socket {socket_path}; 0 peers connected"
+def _summary(
+    identity: Identity, socket_path: Path, state: str = "ready", problem: str | None = None
+) -> str:
+    """The one-line ``STATUS=`` (what ``systemctl status`` shows): it is sent at READY, on
+    reload and when the store's problem starts or ends, so it holds nothing that changes in
+    between (no connection counts)."""
+    line = f"{state}; device {identity.device_id[:7]}; socket {socket_path}; 0 peers connected"
+    return line if problem is None else f"{line}; {problem}"
 
 
 async def _signals(held: list[int], receiver: AsyncIterator[int]) -> AsyncGenerator[int, None]:
@@ -265,6 +269,9 @@ async def _serve(
         hub = WatchHub()
         store.set_value_filter(hub.wants)  # render a change only for a watcher that shows it
         remove_listener = store.add_change_listener(hub.publish)
+        store.on_problem(
+            lambda problem: notifier.status(_summary(identity, socket_path, problem=problem))
+        )
         service = Service(
             store,
             NoNetwork(),
@@ -303,7 +310,7 @@ async def _serve(
                     async for signum in stream:
                         if signum == signal.SIGHUP:
                             _reload(paths, settings)
-                            notifier.status(_summary(identity, socket_path))
+                            notifier.status(_summary(identity, socket_path, problem=store.problem))
                             continue
                         log.info("%s received; stopping", signal.Signals(signum).name)
                         break
@@ -312,6 +319,7 @@ async def _serve(
                 nursery.cancel_scope.cancel()
         finally:
             remove_listener()
+            store.on_problem(None)
             _remove_socket(socket_path, bound)
     log.info("stopped")
     return 0

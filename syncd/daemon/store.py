@@ -126,6 +126,11 @@ class Store(Protocol):
         """What is wrong with the store now, in one line (e.g. commits failing), or None."""
         ...
 
+    def on_problem(self, listener: Callable[[str | None], None] | None) -> None:
+        """Call ``listener(problem)`` (in the trio thread, must not block) whenever
+        :attr:`problem` starts or ends; None: no more calls."""
+        ...
+
     def set_value_filter(self, wants: Callable[[str, str], bool] | None) -> None:
         """Give changes a ``value`` only when ``wants(ns, key)`` (any thread; quick); the others
         carry ``value`` None and ``deleted`` still right. None: every change."""

@@ -140,6 +140,14 @@ class _TrioSink:
         with suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._replica._deliver_from_thread, done, changes)
 
+    def in_trio(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the trio thread: now if this is it, else as soon as it can."""
+        if threading.get_ident() == self._trio_thread:
+            fn()
+            return
+        with suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn)
+
 
 class _BoxSink:
     """Keeps the outcome of a request run on the calling thread."""
@@ -186,6 +194,14 @@ class AsyncReplica:
         since, error = failing
         when = datetime.datetime.fromtimestamp(since).isoformat(sep=" ", timespec="seconds")
         return f"writes are refused since {when}: {error}"
+
+    def on_problem(self, listener: Callable[[str | None], None] | None) -> None:
+        """Call ``listener(problem)`` in the trio thread whenever :attr:`problem` starts or
+        ends (None: no more calls). It must not block."""
+        if listener is None:
+            self._writer.on_failing = None
+            return
+        self._writer.on_failing = lambda: self._sink.in_trio(lambda: listener(self.problem))
 
     @property
     def writer(self) -> Writer:

@@ -122,6 +122,9 @@ class Writer:
         self._thread_sink = _ThreadSink()
         self.failing: tuple[float, str] | None = None
         """While commits fail: since when (Unix time) and the latest failure; None otherwise."""
+        self.on_failing: Callable[[], None] | None = None
+        """Called when commits start or stop failing (on the thread that ran the batch, with
+        the store held: it must not block)."""
         self._failures = RepeatLimiter(log, "failed commits", logging.ERROR)
         """Failed commits: at once, then once a minute while the same one repeats, and a line
         when commits succeed again."""
@@ -261,7 +264,12 @@ class Writer:
         except BaseException as exc:
             # Logged at once, then at most once a minute while the same failure repeats.
             self._failures.note(f"a commit failed, its writes were refused: {exc}")
-            self.failing = (self.failing[0] if self.failing else time.time(), str(exc))
+            if self.failing is not None:
+                self.failing = (self.failing[0], str(exc))
+            else:
+                self.failing = (time.time(), str(exc))
+                if self.on_failing is not None:
+                    self.on_failing()
             # One outcome each: an outcome can be unwrapped only once.
             reports.append(([(req, outcome.Error(exc)) for req in batch], []))
             changes = None
@@ -271,7 +279,10 @@ class Writer:
         if changes is not None:
             if timed:
                 self._failures.recovered("commits succeed again")
-                self.failing = None
+                if self.failing is not None:
+                    self.failing = None
+                    if self.on_failing is not None:
+                        self.on_failing()
             stats.commits += 1
             stats.requests += len(batch)
             reports.append((done, changes))
