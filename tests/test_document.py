@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -185,7 +186,10 @@ def test_every_patch_operation() -> None:
         ([{"op": "set", "path": ["t", 0], "value": 1}], "type_mismatch"),
         ([{"op": "delete", "path": ["nope"], "index": 0, "count": 1}], "invalid_path"),
         ([{"op": "set", "path": ["m", 0, "x"], "value": 1}], "type_mismatch"),
-        ([{"op": "set", "path": [0], "value": 1}], "invalid_path"),
+        ([{"op": "set", "path": [0], "value": 1}], "type_mismatch"),  # the document is a map
+        ([{"op": "del", "path": [0]}], "type_mismatch"),
+        ([{"op": "insert", "path": [0], "index": 0, "text": "x"}], "type_mismatch"),
+        ([{"op": "delete", "path": [0, "t"], "index": 0, "count": 1}], "type_mismatch"),
         ([{"op": "set", "path": ["l", 0, "x"], "value": 1}], "invalid_path"),
         ([{"op": "set", "path": [], "value": 3}], "type_mismatch"),
         ([{"op": "del", "path": []}], "invalid_path"),
@@ -243,6 +247,14 @@ def test_too_deep_values_are_refused() -> None:
     assert info.value.reason == "too_large"
 
 
+def nested_list(levels: int) -> Any:
+    """``[[...[1]...]]``, ``levels`` arrays deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("op", ["set", "make", "add"])
 def test_the_depth_limit_counts_the_path_too(op: str) -> None:
     # A value that fits alone may not fit where it is written: the stored document would
@@ -256,6 +268,9 @@ def test_the_depth_limit_counts_the_path_too(op: str) -> None:
         parse_ops([raw])
     assert info.value.reason == "too_large"
     assert "path of 32 levels" in str(info.value)
+    raw["path"], raw["value"] = ["a"], nested_list(33)
+    with pytest.raises(PatchError, match="at a path of 1 level would nest"):
+        parse_ops([raw])
     doc, c = fresh("r1")
     patch(doc, c, {"op": "set", "path": ["a"] * 31, "value": two_levels})  # 31 + 2 fits
     patch(doc, c, {"op": "set", "path": deep_path, "value": {"b": 1}})  # 32 + 1 fits
@@ -661,3 +676,29 @@ def test_multi_edit_patches_are_atomic_without_a_snapshot(seed: int) -> None:
         else:
             patch(doc, c, *ops)
             assert doc.render() == expected
+
+
+def test_objects_in_registers_and_list_items_show_their_keys_sorted() -> None:
+    # As maps and set elements do: a register holds an object as written, and a copy decoded
+    # from the canonical encoding (another replica, or this one after a restart) had its keys
+    # in another order, so the same document printed differently.
+    doc, c = fresh("r1")
+    value = {"bb": 1, "a": {"z": 1, "y": [{"d": 1, "c": 2}]}}
+    patch(doc, c, {"op": "make", "path": ["r"], "type": "register", "value": value})
+    patch(doc, c, {"op": "insert", "path": ["l"], "index": 0, "values": [{"b": 1, "a": 2}, 3]})
+    shown = json.dumps(doc.render())
+    assert shown == json.dumps(
+        {"l": [{"a": 2, "b": 1}, 3], "r": {"a": {"y": [{"c": 2, "d": 1}], "z": 1}, "bb": 1}}
+    )
+    copy = decode_document(encode_document(doc))
+    assert json.dumps(copy.render()) == shown
+    other, c2 = fresh("r2")
+    other.join(doc)
+    patch(other, c2, {"op": "set", "path": ["r"], "value": {"y": 0, "x": 0}})
+    doc.patch(parse_ops([{"op": "set", "path": ["r"], "value": {"q": 0, "p": 0}}]), c)
+    doc.join(other)
+    conflicts = doc.conflicts()
+    assert [list(v) for v in conflicts[0]["values"]] in (
+        [["p", "q"], ["x", "y"]],
+        [["x", "y"], ["p", "q"]],
+    )

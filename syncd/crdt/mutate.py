@@ -365,6 +365,7 @@ class Change:
 
     def _apply(self, op: O.Op) -> None:
         path = op.path
+        _check_root(path)
         if path and type(path[-1]) is int and type(op) not in _SEQUENCE_OPS:
             self._apply_element(op)
         else:
@@ -502,6 +503,7 @@ class Change:
         lengths: dict[O.Path, tuple[str, int]] = {}  # fields as the edits so far leave them
         for op in ops:
             assert isinstance(op, O.Insert | O.Delete)
+            _check_root(op.path)
             for elem in op.path:
                 if type(elem) is not str:
                     raise PatchError(
@@ -556,6 +558,15 @@ def _sequence_op_kind(op: O.Insert | O.Delete) -> tuple[tuple[str, ...], str]:
     if isinstance(op, O.Delete):
         return _DELETE
     return _INSERT_TEXT if isinstance(op.items, str) else _INSERT_VALUES
+
+
+def _check_root(path: O.Path) -> None:
+    """A path starting with an index is a type mismatch (as for ``["m", 0]``, ``m`` a map)."""
+    if path and type(path[0]) is int:
+        raise PatchError(
+            f"the document is a map; an index needs a list (path element {path[0]!r})",
+            reason="type_mismatch",
+        )
 
 
 def _type_mismatch(path: O.Path, tag: str, what: str, tags: tuple[str, ...]) -> PatchError:

@@ -134,8 +134,9 @@ def _check_at(value: Any, what: str, path: Path, *, element: bool = False) -> No
     except PatchError as exc:
         if exc.reason == "too_large" and (path or element):
             where = " as an element of the set" if element else ""
+            levels = "1 level" if len(path) == 1 else f"{len(path)} levels"
             raise PatchError(
-                f"{what}{where} at a path of {len(path)} levels would nest the document deeper "
+                f"{what}{where} at a path of {levels} would nest the document deeper "
                 f"than {MAX_DEPTH} levels",
                 reason="too_large",
             ) from None

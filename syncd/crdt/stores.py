@@ -205,15 +205,34 @@ def register_winner(store: AtomStore) -> Dot:
     return max(store, key=dot_order)
 
 
+def ordered(value: Json) -> Json:
+    """``value`` with every object's keys sorted (as maps and set elements show them): a
+    register or list item holds an object as it was written, and a copy decoded from the
+    canonical encoding has another order, so every replica shows it this way."""
+    t = type(value)
+    if t is dict:
+        return {k: ordered(value[k]) for k in sorted(value)}
+    if t is list:
+        return [ordered(x) for x in value]
+    return value
+
+
+def _has_containers(items: list[Json]) -> bool:
+    return any(type(x) is dict or type(x) is list for x in items)
+
+
 def render(tag: str, store: Any) -> Json:
     """The JSON value of a visible store."""
     if tag == REGISTER:
-        return store[register_winner(store)]
+        return ordered(store[register_winner(store)])
     if tag == COUNTER:
         return sum(store.values())
     if tag == SET:
         return store.value()
-    if tag in (TEXT, LIST):
+    if tag == LIST:
+        items = store.seq.value()
+        return [ordered(x) for x in items] if _has_containers(items) else items
+    if tag == TEXT:
         return store.seq.value()
     return render_map(store)
 
@@ -236,6 +255,6 @@ def collect_conflicts(m: MapStore, path: list[str], out: list[dict[str, Any]]) -
         tag, store = w
         if tag == REGISTER and len(store) > 1:
             dots = sorted(store, key=dot_order, reverse=True)
-            out.append({"path": [*path, name], "values": [store[d] for d in dots]})
+            out.append({"path": [*path, name], "values": [ordered(store[d]) for d in dots]})
         elif tag == MAP:
             collect_conflicts(store, [*path, name], out)
