@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
 import threading
 import time
@@ -335,6 +336,25 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
         rep.on_problem(None)
         assert (await rep.get("ns", "after")).value == {"ok": True}
         assert (await rep.get("ns", "k0")).value is None
+
+
+async def test_a_put_that_may_diff_a_long_text_leaves_the_event_loop(tmp_path: Path) -> None:
+    # A text of a few thousand characters rewritten in many places costs the diff up to
+    # half a second: not on the trio thread, whatever the document's stored size.
+    rng = random.Random(5)
+    long_text = "".join(rng.choice("ab") for _ in range(aio.INLINE_SEQUENCE_MAX + 1))
+    async with open_replica(tmp_path / "db.sqlite3") as rep:
+        await rep.patch("n", "note", [{"op": "make", "path": ["m", "t"], "type": "text"}])
+        await rep.put("n", "note", {"m": {"t": "short"}})
+        stats = rep.writer.stats
+        inline, batches = stats.inline_batches, stats.batches
+        await rep.put("n", "note", {"m": {"t": long_text}})  # nested in a map too
+        assert (stats.inline_batches, stats.batches) == (inline, batches + 1)
+        await rep.put("n", "other", {"l": list(range(aio.INLINE_SEQUENCE_MAX + 1))})
+        assert (stats.inline_batches, stats.batches) == (inline, batches + 2)
+        assert (await rep.get("n", "note")).value == {"m": {"t": long_text}}
+    assert not aio.holds_long_sequence({"a": {"b": "x" * aio.INLINE_SEQUENCE_MAX, "c": [1]}})
+    assert not aio.holds_long_sequence(["x" * 5000])  # (not an object: the store says so)
 
 
 async def test_writes_to_a_large_document_leave_the_event_loop(tmp_path: Path) -> None:

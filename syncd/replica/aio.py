@@ -76,6 +76,27 @@ INLINE_DOC_MAX_BYTES = 256 * 1024
 """A write to a document this large (stored) goes to the writer thread even when batches are
 fast: rewriting a large text (a put's diff) can take a good part of a second, which the
 event loop, and every other client, would wait for."""
+INLINE_SEQUENCE_MAX = 1024
+"""...and so does a put whose value holds a string or an array longer than this: where it
+lands on a text or list field, ``put`` diffs it against the field, which takes up to half a
+second for a text of a few thousand characters rewritten in many places (the diff gives up
+at ``diff.MAX_EDIT_DISTANCE``), whatever the document's stored size."""
+
+
+def holds_long_sequence(value: Any) -> bool:
+    """Whether an object (or one nested in it) holds a string or array longer than
+    :data:`INLINE_SEQUENCE_MAX` (what a ``put`` could diff); False for anything else."""
+    if type(value) is not dict:
+        return False
+    maps = [value]
+    while maps:
+        for item in maps.pop().values():
+            t = type(item)
+            if t is dict:
+                maps.append(item)
+            elif (t is str or t is list) and len(item) > INLINE_SEQUENCE_MAX:
+                return True
+    return False
 
 
 class Subscription:
@@ -210,11 +231,14 @@ class AsyncReplica:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None) -> T:
+    async def call(
+        self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None, heavy: bool = False
+    ) -> T:
         """Run ``fn(store)`` in the next group; return once that group has committed.
 
         ``doc``: the ``(ns, key)`` that ``fn`` writes, if known (lets the writer load the
-        documents of a batch together).
+        documents of a batch together). ``heavy``: ``fn`` may take long whatever the
+        document's size, so it runs on the writer thread.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closing:
@@ -224,6 +248,7 @@ class AsyncReplica:
             and not self._outstanding
             and self.commits_fast
             and not others_runnable()
+            and not heavy
             and not self._large(doc)
         ):
             # Nobody else can make a call before this one would commit (no other task is
@@ -232,7 +257,7 @@ class AsyncReplica:
             if done is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return done.unwrap()
-        request = Request(fn, self._sink, trio.lowlevel.current_task(), doc)
+        request = Request(fn, self._sink, trio.lowlevel.current_task(), doc, heavy)
         self._queue(request)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
@@ -297,7 +322,7 @@ class AsyncReplica:
             writer = self._writer
             if (
                 not self.commits_fast  # (first: _large reads the store, idle only then)
-                or any(self._large(request.doc) for request in group)
+                or any(request.heavy or self._large(request.doc) for request in group)
                 or not writer.run_here(group)
             ):
                 for i, request in enumerate(group):
@@ -384,7 +409,9 @@ class AsyncReplica:
 
     async def put(self, ns: str, key: str, value: dict[str, Any]) -> Change:
         """Make the document equal to ``value``; returns once durable."""
-        return await self.call(lambda s: s.apply_local(ns, key, Put(value)), (ns, key))
+        return await self.call(
+            lambda s: s.apply_local(ns, key, Put(value)), (ns, key), holds_long_sequence(value)
+        )
 
     async def patch(self, ns: str, key: str, ops: list[Any]) -> Change:
         """Apply the JSON ``ops`` atomically; returns once durable."""

@@ -57,7 +57,7 @@ class Sink(Protocol):
 class Request:
     """One unit of work for the writer: ``fn(store)``; its outcome goes to ``sink``."""
 
-    __slots__ = ("abandoned", "doc", "fn", "sink", "waiter")
+    __slots__ = ("abandoned", "doc", "fn", "heavy", "sink", "waiter")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Request:
         sink: Sink,
         waiter: Any = None,
         doc: tuple[str, str] | None = None,
+        heavy: bool = False,
     ) -> None:
         self.fn = fn
         self.sink = sink
@@ -72,6 +73,8 @@ class Request:
         """Whatever the sink needs to wake the caller (a trio task, an event)."""
         self.doc = doc
         """``(ns, key)`` of the document ``fn`` writes, if known: a hint to load it early."""
+        self.heavy = heavy
+        """Whether ``fn`` may take long whatever the document's size (see ``aio.py``)."""
         self.abandoned = False
         """Set by a caller that stopped waiting; the request may still run."""
 
