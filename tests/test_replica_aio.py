@@ -352,9 +352,15 @@ async def test_a_put_that_may_diff_a_long_text_leaves_the_event_loop(tmp_path: P
         assert (stats.inline_batches, stats.batches) == (inline, batches + 1)
         await rep.put("n", "other", {"l": list(range(aio.INLINE_SEQUENCE_MAX + 1))})
         assert (stats.inline_batches, stats.batches) == (inline, batches + 2)
-        assert (await rep.get("n", "note")).value == {"m": {"t": long_text}}
+        ops = [{"op": "set", "path": ["m", "t"], "value": long_text[::-1]}]  # put semantics
+        await rep.patch("n", "note", ops)
+        assert (stats.inline_batches, stats.batches) == (inline, batches + 3)
+        assert (await rep.get("n", "note")).value == {"m": {"t": long_text[::-1]}}
     assert not aio.holds_long_sequence({"a": {"b": "x" * aio.INLINE_SEQUENCE_MAX, "c": [1]}})
     assert not aio.holds_long_sequence(["x" * 5000])  # (not an object: the store says so)
+    assert aio.sets_long_sequence([{"op": "set", "path": ["m"], "value": {"t": "x" * 5000}}])
+    assert not aio.sets_long_sequence([{"op": "insert", "path": ["t"], "text": "x" * 5000}])
+    assert not aio.sets_long_sequence({"op": "set"})  # (not a list: the store says so)
 
 
 async def test_writes_to_a_large_document_leave_the_event_loop(tmp_path: Path) -> None:

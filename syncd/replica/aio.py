@@ -88,13 +88,26 @@ def holds_long_sequence(value: Any) -> bool:
     :data:`INLINE_SEQUENCE_MAX` (what a ``put`` could diff); False for anything else."""
     if type(value) is not dict:
         return False
-    maps = [value]
+    maps: list[dict[str, Any]] = [value]
     while maps:
         for item in maps.pop().values():
             t = type(item)
             if t is dict:
                 maps.append(item)
             elif (t is str or t is list) and len(item) > INLINE_SEQUENCE_MAX:
+                return True
+    return False
+
+
+def sets_long_sequence(ops: Any) -> bool:
+    """Whether a patch has a ``set`` (put semantics: a diff) of a long string or array, or of
+    an object holding one (see :func:`holds_long_sequence`)."""
+    if type(ops) is not list:
+        return False
+    for op in ops:
+        if type(op) is dict and op.get("op") == "set":
+            value = op.get("value")
+            if holds_long_sequence({"": value}):
                 return True
     return False
 
@@ -415,7 +428,9 @@ class AsyncReplica:
 
     async def patch(self, ns: str, key: str, ops: list[Any]) -> Change:
         """Apply the JSON ``ops`` atomically; returns once durable."""
-        return await self.call(lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key))
+        return await self.call(
+            lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key), sets_long_sequence(ops)
+        )
 
     async def delete(self, ns: str, key: str) -> Change:
         """Delete the document (``change.existed`` tells whether it existed)."""
