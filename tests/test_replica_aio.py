@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -338,29 +339,29 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
         assert (await rep.get("ns", "k0")).value is None
 
 
-async def test_a_put_that_may_diff_a_long_text_leaves_the_event_loop(tmp_path: Path) -> None:
-    # A text of a few thousand characters rewritten in many places costs the diff up to
-    # half a second: not on the trio thread, whatever the document's stored size.
+async def test_a_heavy_put_or_patch_leaves_the_event_loop(tmp_path: Path) -> None:
+    # A text of a few thousand characters rewritten in many places costs put's diff up to
+    # half a second, and thousands of fields cost in proportion: not on the trio thread,
+    # whatever the document's stored size.
     rng = random.Random(5)
-    long_text = "".join(rng.choice("ab") for _ in range(aio.INLINE_SEQUENCE_MAX + 1))
+    long_text = "".join(rng.choice("ab") for _ in range(aio.INLINE_WEIGHT_MAX + 1))
     async with open_replica(tmp_path / "db.sqlite3") as rep:
         await rep.patch("n", "note", [{"op": "make", "path": ["m", "t"], "type": "text"}])
         await rep.put("n", "note", {"m": {"t": "short"}})
         stats = rep.writer.stats
         inline, batches = stats.inline_batches, stats.batches
-        await rep.put("n", "note", {"m": {"t": long_text}})  # nested in a map too
-        assert (stats.inline_batches, stats.batches) == (inline, batches + 1)
-        await rep.put("n", "other", {"l": list(range(aio.INLINE_SEQUENCE_MAX + 1))})
-        assert (stats.inline_batches, stats.batches) == (inline, batches + 2)
-        ops = [{"op": "set", "path": ["m", "t"], "value": long_text[::-1]}]  # put semantics
-        await rep.patch("n", "note", ops)
-        assert (stats.inline_batches, stats.batches) == (inline, batches + 3)
-        assert (await rep.get("n", "note")).value == {"m": {"t": long_text[::-1]}}
-    assert not aio.holds_long_sequence({"a": {"b": "x" * aio.INLINE_SEQUENCE_MAX, "c": [1]}})
-    assert not aio.holds_long_sequence(["x" * 5000])  # (not an object: the store says so)
-    assert aio.sets_long_sequence([{"op": "set", "path": ["m"], "value": {"t": "x" * 5000}}])
-    assert not aio.sets_long_sequence([{"op": "insert", "path": ["t"], "text": "x" * 5000}])
-    assert not aio.sets_long_sequence({"op": "set"})  # (not a list: the store says so)
+        heavy: list[tuple[str, Any]] = [
+            ("put", {"m": {"t": long_text}}),  # nested in a map
+            ("put", {"l": list(range(aio.INLINE_WEIGHT_MAX + 1))}),
+            ("put", {f"f{i}": i for i in range(aio.INLINE_WEIGHT_MAX + 1)}),
+            ("patch", [{"op": "set", "path": ["m", "t"], "value": long_text[::-1]}]),
+            ("patch", [{"op": "insert", "path": ["u"], "index": 0, "text": long_text}]),
+        ]
+        for n, (method, arg) in enumerate(heavy, 1):
+            await getattr(rep, method)("n", f"k{n}" if method == "put" else "note", arg)
+            assert (stats.inline_batches, stats.batches) == (inline, batches + n), method
+        assert (await rep.get("n", "note")).value == {"m": {"t": long_text[::-1]}, "u": long_text}
+    assert aio.json_weight({"a": {"b": "x" * 10, "c": [1, "yy"]}}) == 1 + 2 + 10 + 2 + 2
 
 
 async def test_writes_to_a_large_document_leave_the_event_loop(tmp_path: Path) -> None:

@@ -76,40 +76,31 @@ INLINE_DOC_MAX_BYTES = 256 * 1024
 """A write to a document this large (stored) goes to the writer thread even when batches are
 fast: rewriting a large text (a put's diff) can take a good part of a second, which the
 event loop, and every other client, would wait for."""
-INLINE_SEQUENCE_MAX = 1024
-"""...and so does a put whose value holds a string or an array longer than this: where it
-lands on a text or list field, ``put`` diffs it against the field, which takes up to half a
+INLINE_WEIGHT_MAX = 1024
+"""...and so does a put or patch whose JSON weighs more than this (:func:`json_weight`): a
+put diffs each string or array it gives a text or list field, which takes up to half a
 second for a text of a few thousand characters rewritten in many places (the diff gives up
-at ``diff.MAX_EDIT_DISTANCE``), whatever the document's stored size."""
+at ``diff.MAX_EDIT_DISTANCE``), and any write costs in proportion to the fields and items it
+carries, whatever the document's stored size."""
 
 
-def holds_long_sequence(value: Any) -> bool:
-    """Whether an object (or one nested in it) holds a string or array longer than
-    :data:`INLINE_SEQUENCE_MAX` (what a ``put`` could diff); False for anything else."""
-    if type(value) is not dict:
-        return False
-    maps: list[dict[str, Any]] = [value]
-    while maps:
-        for item in maps.pop().values():
-            t = type(item)
-            if t is dict:
-                maps.append(item)
-            elif (t is str or t is list) and len(item) > INLINE_SEQUENCE_MAX:
-                return True
-    return False
-
-
-def sets_long_sequence(ops: Any) -> bool:
-    """Whether a patch has a ``set`` (put semantics: a diff) of a long string or array, or of
-    an object holding one (see :func:`holds_long_sequence`)."""
-    if type(ops) is not list:
-        return False
-    for op in ops:
-        if type(op) is dict and op.get("op") == "set":
-            value = op.get("value")
-            if holds_long_sequence({"": value}):
-                return True
-    return False
+def json_weight(value: Any, limit: int = INLINE_WEIGHT_MAX) -> int:
+    """A measure of the work a JSON value brings to a write: one per object member and array
+    item, the length of each string; counting stops once past ``limit``."""
+    weight = 0
+    todo = [value]
+    while todo and weight <= limit:
+        item = todo.pop()
+        t = type(item)
+        if t is dict:
+            weight += len(item)
+            todo.extend(item.values())
+        elif t is list:
+            weight += len(item)
+            todo.extend(item)
+        elif t is str:
+            weight += len(item)
+    return weight
 
 
 class Subscription:
@@ -422,15 +413,13 @@ class AsyncReplica:
 
     async def put(self, ns: str, key: str, value: dict[str, Any]) -> Change:
         """Make the document equal to ``value``; returns once durable."""
-        return await self.call(
-            lambda s: s.apply_local(ns, key, Put(value)), (ns, key), holds_long_sequence(value)
-        )
+        heavy = json_weight(value) > INLINE_WEIGHT_MAX
+        return await self.call(lambda s: s.apply_local(ns, key, Put(value)), (ns, key), heavy)
 
     async def patch(self, ns: str, key: str, ops: list[Any]) -> Change:
         """Apply the JSON ``ops`` atomically; returns once durable."""
-        return await self.call(
-            lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key), sets_long_sequence(ops)
-        )
+        heavy = json_weight(ops) > INLINE_WEIGHT_MAX
+        return await self.call(lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key), heavy)
 
     async def delete(self, ns: str, key: str) -> Change:
         """Delete the document (``change.existed`` tells whether it existed)."""
