@@ -17,7 +17,9 @@ YOUNG_THRESHOLD = 50_000
 
 
 def configure_gc() -> None:
-    """Collect less often; reference cycles are rare in syncd's data structures."""
+    """Collect less often. Reference cycles are rare in syncd's data structures, except in a
+    text's or list's structure, whose cycles the replica breaks when its cache drops a
+    document (``Document.release``), so that it is freed at once."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import random
 import shutil
 import sqlite3
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from syncd.crdt import CausalContext, Document, DotCounter, encode_document
+from syncd.crdt import CausalContext, Document, DotCounter, decode_stored, encode_document
+from syncd.crdt._seqtree import Piece
 from syncd.errors import InvalidOperation, PatchError, SyncdError
 from syncd.replica import (
     CorruptDatabaseError,
@@ -554,6 +558,110 @@ def test_cache_is_bounded(db: Path) -> None:
         assert [s.get("ns", f"k{i}").value for i in range(0, 500, 97)] == [
             {"i": i} for i in range(0, 500, 97)
         ]
+
+
+def _decoded_memory(state: bytes) -> int:
+    """Bytes a decoded copy of ``state`` holds (traced allocations)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        doc = decode_stored(state)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert doc.exists()
+    return held
+
+
+def test_the_default_cache_budget_bounds_the_memory_it_holds(db: Path) -> None:
+    # The budget counts encoded bytes; a decoded document takes tens of times that (a
+    # much-edited text most of all). 16 MiB, the first default, let a daemon whose documents
+    # all fit in it grow towards 1 GB.
+    rng = random.Random(3)
+    with Store(db) as s:
+        s.apply_local("ns", "k", Put({}))
+        s.apply_local("ns", "k", Patch([{"op": "make", "path": ["t"], "type": "text"}]))
+        length = 0
+        for _ in range(1500):  # typed in many places: many runs
+            at = rng.randint(0, length)
+            s.apply_local(
+                "ns", "k", Patch([{"op": "insert", "path": ["t"], "index": at, "text": "ab"}])
+            )
+            length += 2
+        doc = s.document("ns", "k")
+    assert doc is not None
+    state = encode_document(doc)
+    per_byte = _decoded_memory(state) / len(state)
+    assert 20 < per_byte < 150  # (what the budget's docstring says, roughly)
+    assert replica_core.DEFAULT_CACHE_BYTES * per_byte < 160 * 1024 * 1024
+
+
+def _pieces(doc: Document) -> list[Piece]:
+    return [
+        piece
+        for sst in doc._seqs.values()
+        for idx in sst.seq._index.values()
+        for run in idx.runs
+        for piece in run.pieces
+    ]
+
+
+def _live_pieces() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is Piece)
+
+
+def _typed(s: Store, key: str, rng: random.Random) -> None:
+    """A text typed in many places (a structure of many pieces, with reference cycles)."""
+    s.apply_local("ns", key, Patch([{"op": "make", "path": ["t"], "type": "text"}]))
+    for n in range(0, 400, 2):
+        at = rng.randint(0, n)
+        s.apply_local(
+            "ns", key, Patch([{"op": "insert", "path": ["t"], "index": at, "text": "ab"}])
+        )
+
+
+def test_documents_the_cache_drops_are_freed_at_once(db: Path) -> None:
+    # A text's structure holds reference cycles, and the daemon's collector thresholds make
+    # full collections rare: dropped documents piled up to several times the cache's size.
+    rng = random.Random(4)
+    gc.collect()
+    gc.disable()
+    try:
+        with Store(db, cache_items=2) as s:
+            for i in range(12):
+                _typed(s, f"k{i}", rng)
+            held = _live_pieces()
+            one = s.document("ns", "k11")  # a copy: as many pieces as one document has
+            assert one is not None
+            per_document = _live_pieces() - held
+            assert per_document > 200
+            assert held <= 3 * per_document  # what the cache holds (two), not twelve
+            assert s.get("ns", "k0").value is not None  # (reloaded, not lost)
+    finally:
+        gc.enable()
+
+
+def test_a_dropped_document_still_in_use_is_left_alone(db: Path) -> None:
+    rng = random.Random(6)
+    with Store(db, cache_items=2) as s:
+        _typed(s, "held", rng)
+        doc = s.load("ns", "held")  # handed out (the sync engine reads it so)
+        assert doc is not None
+        before = doc.render()
+        with s.batch():  # and one written in the batch that drops it
+            s.apply_local("ns", "dirty", Put({"t": "x"}))
+            for i in range(4):
+                _typed(s, f"other{i}", rng)
+            s.apply_local("ns", "dirty", Put({"t": "y"}))
+        assert doc.render() == before  # still whole: not released (its cycles are kept)
+        assert all(hasattr(piece, "run") for piece in _pieces(doc))
+        assert decode_stored(encode_document(doc)) == doc
+        assert s.get("ns", "dirty").value == {"t": "y"}
+    with Store(db) as s:
+        assert s.get("ns", "held").value == before
+        assert s.get("ns", "dirty").value == {"t": "y"}
+    assert check_database(db) == []
 
 
 def test_own_context_is_implicit_then_written_at_the_next_open(db: Path) -> None:

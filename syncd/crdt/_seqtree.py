@@ -169,6 +169,16 @@ class SeqCore:
 
     # -- lookup ------------------------------------------------------------------------------
 
+    def release(self) -> None:
+        """Break the cycles of the structure (each piece points back to its run and its
+        block) so that reference counting frees it; the sequence is unusable afterwards
+        (the back references are gone: a use raises ``AttributeError``)."""
+        for idx in self._index.values() if self._lz is None else ():
+            for run in idx.runs:
+                for piece in run.pieces:
+                    del piece.run, piece.blk
+        self._tp = None
+
     def _find(self, rep: str, c: int) -> Run | None:
         idx = self._index.get(rep)
         return idx.find(c) if idx is not None else None

@@ -93,6 +93,13 @@ class Document:
             return NotImplemented
         return self.ctx == other.ctx and self.root == other.root
 
+    def release(self) -> None:
+        """Let go of this document for good: break the reference cycles of its texts' and
+        lists' structures, so that it is freed as soon as nothing refers to it instead of at
+        the collector's next full pass. Using it afterwards is an error."""
+        for sst in self._seqs.values():
+            sst.seq.release()
+
     def __repr__(self) -> str:
         return f"Document({self.render()!r}, ctx={self.ctx!r})"
 

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
@@ -39,7 +40,12 @@ from syncd.replica.model import (
 T = TypeVar("T")
 log = logging.getLogger("syncd.replica")
 DEFAULT_CACHE_ITEMS = 4096
-DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 1024 * 1024
+"""Encoded bytes of the documents kept loaded. A decoded document takes 40 to 120 times its
+encoded size in memory (a text's runs, a map's fields and dots as Python objects; a text
+typed in many places is the worst; only one written in one piece stays near 1 time), so
+this keeps the cache near 120 MB at most; 16 MiB, the earlier budget, let a daemon grow
+towards 1 GB. (A document the cache drops is freed at once: see :meth:`_release_dropped`.)"""
 PREFETCH_CHUNK = 64
 _PREFETCH_SQL = (
     f"SELECT key, doc_id, state, {doclog.HAS_LOG} FROM docs WHERE ns_id = ? AND key IN ("
@@ -152,7 +158,9 @@ class StoreCore:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._cache: LRUCache[tuple[int, str], DocEntry] = LRUCache(cache_items, cache_bytes)
+        self._cache: LRUCache[tuple[int, str], DocEntry] = LRUCache(
+            cache_items, cache_bytes, self._release_dropped
+        )
         self._namespaces: dict[str, NamespaceState] = {}
         self._dirty: dict[tuple[int, str], DocEntry] = {}
         self._changes: list[Change] = []
@@ -385,6 +393,17 @@ class StoreCore:
     def _load_namespaces(self) -> None:
         rows = self._query("SELECT ns_id, name FROM namespaces")
         self._namespaces = {name: NamespaceState(ns_id, name) for ns_id, name in rows}
+
+    def _release_dropped(self, entry: DocEntry) -> None:
+        """Free a document the cache let go of, at once: a text's or list's structure holds
+        reference cycles (a piece points back to its run and its block), which only a full
+        collection would free, and :mod:`syncd.gcpolicy` makes those rare, so dropped
+        documents piled up to several times the cache's size. Not a document this batch
+        still writes, nor one somebody else still holds (:meth:`Store.load` hands it out)."""
+        doc = entry.doc
+        if self._dirty.get((entry.ns.ns_id, entry.key)) is entry or sys.getrefcount(doc) > 3:
+            return  # (3: ``entry.doc``, ``doc`` and getrefcount's own argument)
+        doc.release()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
