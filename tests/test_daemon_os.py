@@ -48,6 +48,24 @@ def test_a_live_socket_is_not_taken_over(tmp_path: Path) -> None:
         other.close()
 
 
+def test_a_burst_of_connections_waits_in_the_backlog(tmp_path: Path) -> None:
+    # 300 clients connecting while the daemon is busy: a non-blocking connect fails with
+    # EAGAIN once the listen backlog is full (it was 128).
+    kernel_max = int(Path("/proc/sys/net/core/somaxconn").read_text())  # (4096 since 5.4)
+    listener = bind_unix(tmp_path / "s.sock")
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(min(300, kernel_max)):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            clients.append(c)
+            c.setblocking(False)
+            c.connect(str(tmp_path / "s.sock"))  # nobody accepts yet
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+
+
 def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "syncd.sock"
     path.write_text("someone's notes")

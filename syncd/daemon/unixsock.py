@@ -41,8 +41,12 @@ class NotASocketError(SocketInUseError):
     """A file that is not a socket stands where the socket goes."""
 
 
-def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
+def bind_unix(path: Path, backlog: int = socket.SOMAXCONN) -> socket.socket:
     """A listening AF_UNIX stream socket at ``path`` with mode 0600.
+
+    The backlog is as long as the kernel allows (``net.core.somaxconn``): a burst of scripts
+    connecting at once waits for the accept loop instead of failing (a non-blocking connect
+    gets EAGAIN once the backlog is full).
 
     A stale socket there (nobody accepts connections) is removed. A socket that still accepts
     connections belongs to another server (e.g. a daemon of another state directory sharing
