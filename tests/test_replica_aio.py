@@ -364,18 +364,60 @@ async def test_a_heavy_put_or_patch_leaves_the_event_loop(tmp_path: Path) -> Non
     assert aio.json_weight({"a": {"b": "x" * 10, "c": [1, "yy"]}}) == 1 + 2 + 10 + 2 + 2
 
 
+async def test_a_failing_problem_listener_loses_no_outcome(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        await rep.put("ns", "warm", {"v": 0})
+
+        def disk_full(point: str) -> None:
+            if point == "flushed":
+                raise sqlite3.OperationalError("database or disk is full")
+
+        def broken(problem: str | None) -> None:
+            raise RuntimeError("listener bug")
+
+        rep.on_problem(broken)
+        rep.writer.store.fault_hook = disk_full
+        with caplog.at_level(logging.ERROR, logger="syncd.replica"):
+            with pytest.raises(Exception, match="disk is full"):  # an answer, not a hang
+                await rep.put("ns", "k", {"v": 1})
+            await trio.testing.wait_all_tasks_blocked()
+        assert any("listener" in r.getMessage() for r in caplog.records)
+        rep.writer.store.fault_hook = None
+        await rep.put("ns", "k", {"v": 2})
+        assert (await rep.get("ns", "k")).value == {"v": 2}
+
+
+def test_a_patch_of_many_keystrokes_is_light() -> None:
+    keystrokes = [{"op": "insert", "path": ["t"], "index": i, "text": "a"} for i in range(200)]
+    assert aio.patch_weight(keystrokes) == 400
+    assert aio.patch_weight(keystrokes) <= aio.INLINE_WEIGHT_MAX
+    long_insert = [{"op": "insert", "path": ["t"], "index": 0, "text": "a" * 2000}]
+    assert aio.patch_weight(long_insert) > aio.INLINE_WEIGHT_MAX
+    assert aio.patch_weight({"op": "set"}) == 0  # (not a list: the store says so)
+
+
 async def test_writes_to_a_large_document_leave_the_event_loop(tmp_path: Path) -> None:
     # Rewriting a large text can take a good part of a second: on the trio thread every
-    # other client would wait that long.
+    # other client would wait that long, even for a one-character patch (the whole state is
+    # encoded again). The cache holds few such documents: their sizes are remembered.
+    size = aio.INLINE_DOC_MAX_BYTES + 1000
+    one_char = [{"op": "insert", "path": ["t"], "index": 0, "text": "z"}]
     async with open_replica(tmp_path / "db.sqlite3") as rep:
-        await rep.put("n", "small", {"t": "x"})
-        await rep.put("n", "big", {"t": "x" * (aio.INLINE_DOC_MAX_BYTES + 1000)})
+        await rep.patch("n", "small", [{"op": "make", "path": ["t"], "type": "text"}])
+        for key in ("big", "other1", "other2", "other3", "other4"):
+            await rep.patch("n", key, [{"op": "make", "path": ["t"], "type": "text"}])
+            await rep.patch(
+                "n", key, [{"op": "insert", "path": ["t"], "index": 0, "text": "x" * size}]
+            )
         stats = rep.writer.stats
         inline = stats.inline_batches
-        await rep.put("n", "small", {"t": "y"})
+        await rep.patch("n", "small", one_char)
         assert stats.inline_batches == inline + 1  # a small one still runs here
         batches = stats.batches
-        await rep.put("n", "big", {"t": "y" * (aio.INLINE_DOC_MAX_BYTES + 1000)})
+        await rep.patch("n", "big", one_char)  # dropped from the cache by the others
         assert stats.inline_batches == inline + 1  # the large one went to the writer thread
         assert stats.batches == batches + 1
-        assert (await rep.get("n", "big")).value == {"t": "y" * (aio.INLINE_DOC_MAX_BYTES + 1000)}
+        assert (await rep.get("n", "big")).value == {"t": "z" + "x" * size}
+        assert (await rep.get("n", "small")).value == {"t": "z"}

@@ -628,18 +628,44 @@ def test_documents_the_cache_drops_are_freed_at_once(db: Path) -> None:
     gc.collect()
     gc.disable()
     try:
+        baseline = _live_pieces()  # (whatever else the process holds)
         with Store(db, cache_items=2) as s:
             for i in range(12):
                 _typed(s, f"k{i}", rng)
-            held = _live_pieces()
+            held = _live_pieces() - baseline
             one = s.document("ns", "k11")  # a copy: as many pieces as one document has
             assert one is not None
-            per_document = _live_pieces() - held
+            per_document = _live_pieces() - baseline - held
             assert per_document > 200
             assert held <= 3 * per_document  # what the cache holds (two), not twelve
             assert s.get("ns", "k0").value is not None  # (reloaded, not lost)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_documents_dropped_while_a_batch_writes_them_are_freed_after_it(db: Path, end: str) -> None:
+    rng = random.Random(7)
+    gc.collect()
+    gc.disable()
+    try:
+        baseline = _live_pieces()
+        with Store(db, cache_items=2) as s:
+            s.begin()
+            for i in range(8):  # all dirty: the cache drops them, the batch still needs them
+                _typed(s, f"k{i}", rng)
+            assert s.get("ns", "k0").value is not None  # (still whole meanwhile)
+            if end == "commit":
+                s.commit()
+            else:
+                s.rollback()
+            held = _live_pieces() - baseline
+            one = s.document("ns", "k1") if end == "commit" else None
+            per_document = (_live_pieces() - baseline - held) if one else 200
+            assert held <= 3 * per_document, (held, per_document)
+    finally:
+        gc.enable()
+    assert check_database(db) == []
 
 
 def test_a_dropped_document_still_in_use_is_left_alone(db: Path) -> None:

@@ -171,12 +171,14 @@ class SeqCore:
 
     def release(self) -> None:
         """Break the cycles of the structure (each piece points back to its run and its
-        block) so that reference counting frees it; the sequence is unusable afterwards
-        (the back references are gone: a use raises ``AttributeError``)."""
+        block) so that reference counting frees it. The sequence can still be read and
+        encoded, not changed (the back references are gone: a change raises
+        ``AttributeError``). Releasing again does nothing."""
         for idx in self._index.values() if self._lz is None else ():
             for run in idx.runs:
                 for piece in run.pieces:
-                    del piece.run, piece.blk
+                    if hasattr(piece, "run"):
+                        del piece.run, piece.blk
         self._tp = None
 
     def _find(self, rep: str, c: int) -> Run | None:

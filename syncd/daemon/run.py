@@ -314,6 +314,7 @@ async def _serve(
                             continue
                         log.info("%s received; stopping", signal.Signals(signum).name)
                         break
+                store.on_problem(None)  # (no "ready; ..." after STOPPING=1)
                 notifier.stopping()
                 await server.shutdown(settings.config.api.shutdown_grace_s)
                 nursery.cancel_scope.cancel()

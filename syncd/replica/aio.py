@@ -103,6 +103,22 @@ def json_weight(value: Any, limit: int = INLINE_WEIGHT_MAX) -> int:
     return weight
 
 
+def patch_weight(ops: Any) -> int:
+    """:func:`json_weight` of what a patch's operations carry (values, items, text), plus one
+    per operation: a patch of many keystrokes is light, one inserting a long text is not."""
+    if type(ops) is not list:
+        return 0
+    weight = len(ops)
+    for op in ops:
+        if weight > INLINE_WEIGHT_MAX:
+            break
+        if type(op) is dict:
+            for member in ("value", "values", "text"):
+                if member in op:
+                    weight += json_weight(op[member])
+    return weight
+
+
 class Subscription:
     """A bounded stream of committed changes matching ``ns`` and ``prefix``.
 
@@ -218,7 +234,7 @@ class AsyncReplica:
             return None
         since, error = failing
         when = datetime.datetime.fromtimestamp(since).isoformat(sep=" ", timespec="seconds")
-        return f"writes are refused since {when}: {error}"
+        return f"writes are refused since {when}: {' '.join(error.splitlines())}"
 
     def on_problem(self, listener: Callable[[str | None], None] | None) -> None:
         """Call ``listener(problem)`` in the trio thread whenever :attr:`problem` starts or
@@ -418,7 +434,7 @@ class AsyncReplica:
 
     async def patch(self, ns: str, key: str, ops: list[Any]) -> Change:
         """Apply the JSON ``ops`` atomically; returns once durable."""
-        heavy = json_weight(ops) > INLINE_WEIGHT_MAX
+        heavy = patch_weight(ops) > INLINE_WEIGHT_MAX
         return await self.call(lambda s: s.apply_local(ns, key, Patch(ops)), (ns, key), heavy)
 
     async def delete(self, ns: str, key: str) -> Change:

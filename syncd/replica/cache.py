@@ -47,6 +47,11 @@ class LRUCache(Generic[K, V]):
         hit = self._data.get(key)
         return 0 if hit is None else hit[1]
 
+    def peek(self, key: K) -> V | None:
+        """The cached value without marking it used, or None."""
+        hit = self._data.get(key)
+        return None if hit is None else hit[0]
+
     def get(self, key: K) -> V | None:
         """The cached value (marking it recently used), or None."""
         hit = self._data.get(key)

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
@@ -46,6 +45,10 @@ encoded size in memory (a text's runs, a map's fields and dots as Python objects
 typed in many places is the worst; only one written in one piece stays near 1 time), so
 this keeps the cache near 120 MB at most; 16 MiB, the earlier budget, let a daemon grow
 towards 1 GB. (A document the cache drops is freed at once: see :meth:`_release_dropped`.)"""
+LARGE_DOC_BYTES = 64 * 1024
+"""Documents stored at least this large have their size remembered after the cache drops
+them (:meth:`StoreCore.known_bytes`: the trio side keeps writes to large ones off its
+event loop)."""
 PREFETCH_CHUNK = 64
 _PREFETCH_SQL = (
     f"SELECT key, doc_id, state, {doclog.HAS_LOG} FROM docs WHERE ns_id = ? AND key IN ("
@@ -80,6 +83,7 @@ class DocEntry:
         "doc_id",
         "fresh",
         "key",
+        "lent",
         "log_bytes",
         "log_rows",
         "log_seq",
@@ -99,6 +103,8 @@ class DocEntry:
         self.dirty: dict[str, list[ranges.Span]] = {}
         self.fresh: list[ranges.Span] = []
         """Spans of this store's own dots that the document did not hold before this batch."""
+        self.lent = False
+        """Whether :meth:`Store.load` handed the document itself out (it is never released)."""
         self.pending: list[bytes] = []
         """Encoded deltas joined in this batch, for a logged document (see doclog.py)."""
         self.state: bytes | None = None
@@ -161,6 +167,10 @@ class StoreCore:
         self._cache: LRUCache[tuple[int, str], DocEntry] = LRUCache(
             cache_items, cache_bytes, self._release_dropped
         )
+        self._dropped_dirty: dict[int, DocEntry] = {}  # dropped while the batch wrote them
+        self._large: dict[tuple[int, str], int] = {}
+        """Stored sizes of the large documents loaded so far (cached or not), for
+        :meth:`known_bytes`: the cache holds only a few of them."""
         self._namespaces: dict[str, NamespaceState] = {}
         self._dirty: dict[tuple[int, str], DocEntry] = {}
         self._changes: list[Change] = []
@@ -336,6 +346,7 @@ class StoreCore:
         self._changes = []
         self._dirty.clear()
         self._cache.clear()
+        self._release_dropped_dirty()
         self._next_doc_id = None
         self._load_namespaces()
 
@@ -398,12 +409,24 @@ class StoreCore:
         """Free a document the cache let go of, at once: a text's or list's structure holds
         reference cycles (a piece points back to its run and its block), which only a full
         collection would free, and :mod:`syncd.gcpolicy` makes those rare, so dropped
-        documents piled up to several times the cache's size. Not a document this batch
-        still writes, nor one somebody else still holds (:meth:`Store.load` hands it out)."""
-        doc = entry.doc
-        if self._dirty.get((entry.ns.ns_id, entry.key)) is entry or sys.getrefcount(doc) > 3:
-            return  # (3: ``entry.doc``, ``doc`` and getrefcount's own argument)
-        doc.release()
+        documents piled up to several times the cache's size. Not one that
+        :meth:`Store.load` handed out, and one this batch still writes only once the batch
+        is done with it (:meth:`_release_dropped_dirty`). (A released document can still be
+        read and encoded; only changing it fails.)"""
+        if entry.lent:
+            return
+        if self._dirty.get((entry.ns.ns_id, entry.key)) is entry:
+            self._dropped_dirty[id(entry)] = entry
+            return
+        entry.doc.release()
+
+    def _release_dropped_dirty(self) -> None:
+        """Release the documents dropped while the batch wrote them, now that it no longer
+        does (after its flush, or its rollback), unless the cache took them back."""
+        dropped, self._dropped_dirty = self._dropped_dirty, {}
+        for entry in dropped.values():
+            if self._cache.peek((entry.ns.ns_id, entry.key)) is not entry and not entry.lent:
+                entry.doc.release()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -464,7 +487,7 @@ class StoreCore:
             entry.log_rows = len(log)
             entry.log_bytes = sum(len(blob) for _, blob in log)
             entry.log_seq = log[-1][0] + 1
-        self._cache.put((nss.ns_id, key), entry, entry.stored_bytes)
+        self._cache_put((nss.ns_id, key), entry)
         return entry
 
     def _log_of(self, doc_id: int) -> list[tuple[int, bytes]] | None:
@@ -491,11 +514,22 @@ class StoreCore:
             self._cache.put(ck, entry, 64)
         return entry
 
+    def _cache_put(self, ck: tuple[int, str], entry: DocEntry) -> None:
+        size = entry.stored_bytes
+        if size >= LARGE_DOC_BYTES:
+            self._large[ck] = size
+        elif ck in self._large:
+            del self._large[ck]
+        self._cache.put(ck, entry, size)
+
     def known_bytes(self, ns: str, key: str) -> int:
         """What a loaded document takes stored (0 if it is not loaded): a hint of what a write
         to it will cost, read without loading anything (safe while no batch runs)."""
         nss = self._namespaces.get(ns)
-        return 0 if nss is None else self._cache.weight_of((nss.ns_id, key))
+        if nss is None:
+            return 0
+        ck = (nss.ns_id, key)
+        return self._cache.weight_of(ck) or self._large.get(ck, 0)
 
     def prefetch(self, docs: Iterable[tuple[str, str]]) -> None:
         """Load the documents ``(ns, key)`` that are not loaded yet, a few per query.
@@ -525,28 +559,34 @@ class StoreCore:
                 continue
             seen.add(ck)
             wanted.setdefault(nss.ns_id, (nss, []))[1].append(key)
+        loaded, budget = 0, self._cache.max_bytes // 2  # (by size too: the same reason)
         try:
             for nss, keys in wanted.values():
                 for start in range(0, len(keys), PREFETCH_CHUNK):
-                    self._prefetch_chunk(nss, keys[start : start + PREFETCH_CHUNK])
+                    loaded += self._prefetch_chunk(nss, keys[start : start + PREFETCH_CHUNK])
+                    if loaded >= budget:
+                        return
         except sqlite3.Error:
             return
 
-    def _prefetch_chunk(self, nss: NamespaceState, keys: list[str]) -> None:
+    def _prefetch_chunk(self, nss: NamespaceState, keys: list[str]) -> int:
+        """Load one chunk of documents; their stored bytes."""
         pad = [keys[0]] * (PREFETCH_CHUNK - len(keys))  # one statement text for any count
         rows = self._conn.execute(_PREFETCH_SQL, (nss.ns_id, *keys, *pad)).fetchall()
         logged = [doc_id for _, doc_id, _, has_log in rows if has_log]
         logs = doclog.load(self._conn, logged) if logged else {}
         found = set()
+        loaded = 0
         for key, doc_id, state, _ in rows:
             found.add(key)
             try:
-                self._loaded(nss, key, doc_id, state, logs.get(doc_id))
+                loaded += self._loaded(nss, key, doc_id, state, logs.get(doc_id)).stored_bytes
             except CorruptDatabaseError:
                 continue  # the write that loads it reports the damage
         for key in keys:
             if key not in found:
                 self._cache.put((nss.ns_id, key), DocEntry(nss, key, Document(), None), 64)
+        return loaded
 
     def _counter(self, nss: NamespaceState) -> DotCounter:
         """This incarnation's dot counter for a namespace (its row is made on first use).
@@ -659,8 +699,9 @@ class StoreCore:
                 )
             entry.dirty.clear()
             entry.fresh.clear()
-            self._cache.put(ck, entry, entry.stored_bytes)
+            self._cache_put(ck, entry)
         self._dirty.clear()
+        self._release_dropped_dirty()
         if inserts:
             conn.executemany(
                 "INSERT INTO docs (doc_id, ns_id, key, live, state) VALUES (?, ?, ?, ?, ?)",

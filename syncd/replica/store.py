@@ -264,9 +264,10 @@ class Store(StoreCore):
         """
         nss = self._namespace(check_name("namespace", ns), create=False)
         entry = self._entry(nss, check_name("key", key), create=False) if nss else None
-        return (
-            None if entry is None or (entry.doc_id is None and entry.doc.is_bottom()) else entry.doc
-        )
+        if entry is None or (entry.doc_id is None and entry.doc.is_bottom()):
+            return None
+        entry.lent = True  # (so the cache never releases it: see StoreCore._release_dropped)
+        return entry.doc
 
     # -- devices, shares, peers ----------------------------------------------------------------
 

@@ -126,8 +126,9 @@ class Writer:
         self.failing: tuple[float, str] | None = None
         """While commits fail: since when (Unix time) and the latest failure; None otherwise."""
         self.on_failing: Callable[[], None] | None = None
-        """Called when commits start or stop failing (on the thread that ran the batch, with
-        the store held: it must not block)."""
+        """Called when commits start or stop failing (on the thread that ran the batch, once
+        its outcomes are reported; it must not block)."""
+        self._failing_changed = False
         self._failures = RepeatLimiter(log, "failed commits", logging.ERROR)
         """Failed commits: at once, then once a minute while the same one repeats, and a line
         when commits succeed again."""
@@ -271,8 +272,7 @@ class Writer:
                 self.failing = (self.failing[0], str(exc))
             else:
                 self.failing = (time.time(), str(exc))
-                if self.on_failing is not None:
-                    self.on_failing()
+                self._failing_changed = True
             # One outcome each: an outcome can be unwrapped only once.
             reports.append(([(req, outcome.Error(exc)) for req in batch], []))
             changes = None
@@ -284,8 +284,7 @@ class Writer:
                 self._failures.recovered("commits succeed again")
                 if self.failing is not None:
                     self.failing = None
-                    if self.on_failing is not None:
-                        self.on_failing()
+                    self._failing_changed = True
             stats.commits += 1
             stats.requests += len(batch)
             reports.append((done, changes))
@@ -294,6 +293,19 @@ class Writer:
     def _report(self, reports: list[Report]) -> None:
         for done, changes in reports:
             self._deliver(done, changes)
+        if self._failing_changed:
+            self._tell_failing()
+
+    def _tell_failing(self) -> None:
+        """Call :attr:`on_failing` (after the outcomes: a listener that fails loses none)."""
+        self._failing_changed = False
+        callback = self.on_failing
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:
+            log.exception("the listener of failing commits failed")
 
     def _deliver(
         self, done: list[tuple[Request, outcome.Outcome[Any]]], changes: list[Change]
