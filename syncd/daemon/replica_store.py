@@ -119,7 +119,8 @@ DAEMON_CACHE_ITEMS = 16384
 """Documents the daemon keeps decoded (the replica's default is 4096). A miss costs a SELECT
 and a decode (~40 µs for a small document), paid again by every write to a working set
 larger than the cache. A small document takes ~3 KB decoded, so this bounds the cache near
-50 MB; large documents are bounded by the replica's byte budget first."""
+50 MB; larger documents are bounded by the replica's byte budget first (1 MiB encoded, about
+11,000 documents of 100 bytes)."""
 
 
 @asynccontextmanager
