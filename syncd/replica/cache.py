@@ -26,7 +26,7 @@ class LRUCache(Generic[K, V]):
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._on_drop = on_drop
-        """Called with each value evicted, discarded or cleared (not one replaced by a put)."""
+        """Called with each value evicted or cleared (not one replaced by a put)."""
         self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._bytes = 0
 
@@ -74,14 +74,6 @@ class LRUCache(Generic[K, V]):
             self._bytes -= w
             if self._on_drop is not None:
                 self._on_drop(dropped)
-
-    def discard(self, key: K) -> None:
-        """Forget ``key`` if cached."""
-        old = self._data.pop(key, None)
-        if old is not None:
-            self._bytes -= old[1]
-            if self._on_drop is not None:
-                self._on_drop(old[0])
 
     def clear(self) -> None:
         """Forget everything."""

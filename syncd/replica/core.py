@@ -167,7 +167,6 @@ class StoreCore:
         self._cache: LRUCache[tuple[int, str], DocEntry] = LRUCache(
             cache_items, cache_bytes, self._release_dropped
         )
-        self._dropped_dirty: dict[int, DocEntry] = {}  # dropped while the batch wrote them
         self._large: dict[tuple[int, str], int] = {}
         """Stored sizes of the large documents loaded so far (cached or not), for
         :meth:`known_bytes`: the cache holds only a few of them."""
@@ -344,9 +343,8 @@ class StoreCore:
         self._batch = False
         self.poisoned = False
         self._changes = []
-        self._dirty.clear()
         self._cache.clear()
-        self._release_dropped_dirty()
+        self._forget_dirty()
         self._next_doc_id = None
         self._load_namespaces()
 
@@ -411,22 +409,18 @@ class StoreCore:
         collection would free, and :mod:`syncd.gcpolicy` makes those rare, so dropped
         documents piled up to several times the cache's size. Not one that
         :meth:`Store.load` handed out, and one this batch still writes only once the batch
-        is done with it (:meth:`_release_dropped_dirty`). (A released document can still be
-        read and encoded; only changing it fails.)"""
-        if entry.lent:
-            return
-        if self._dirty.get((entry.ns.ns_id, entry.key)) is entry:
-            self._dropped_dirty[id(entry)] = entry
-            return
-        entry.doc.release()
+        is done with it (:meth:`_forget_dirty`). (A released document can still be read and
+        encoded; only changing it fails.)"""
+        if not entry.lent and self._dirty.get((entry.ns.ns_id, entry.key)) is not entry:
+            entry.doc.release()
 
-    def _release_dropped_dirty(self) -> None:
-        """Release the documents dropped while the batch wrote them, now that it no longer
-        does (after its flush, or its rollback), unless the cache took them back."""
-        dropped, self._dropped_dirty = self._dropped_dirty, {}
-        for entry in dropped.values():
-            if self._cache.peek((entry.ns.ns_id, entry.key)) is not entry and not entry.lent:
+    def _forget_dirty(self) -> None:
+        """End the batch's hold on its documents (after its flush, or its rollback):
+        release those the cache dropped meanwhile (see :meth:`_release_dropped`)."""
+        for ck, entry in self._dirty.items():
+            if not entry.lent and self._cache.peek(ck) is not entry:
                 entry.doc.release()
+        self._dirty.clear()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -700,8 +694,7 @@ class StoreCore:
             entry.dirty.clear()
             entry.fresh.clear()
             self._cache_put(ck, entry)
-        self._dirty.clear()
-        self._release_dropped_dirty()
+        self._forget_dirty()
         if inserts:
             conn.executemany(
                 "INSERT INTO docs (doc_id, ns_id, key, live, state) VALUES (?, ?, ?, ?, ?)",
