@@ -15,7 +15,7 @@ import socket
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,18 @@ KEYS: tuple[Key, ...] = (
         _int_range(0, 3600),
         "seconds in-flight requests may take to finish on SIGTERM",
     ),
+    Key(
+        "store.cache_documents",
+        16384,
+        _int_range(16, 10_000_000),
+        "documents kept decoded in memory, at most",
+    ),
+    Key(
+        "store.cache_stored_mb",
+        1,
+        _int_range(1, 65536),
+        "MiB of documents (their stored size) kept decoded; in memory they take 40-120 times that",
+    ),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 _SECTIONS = {k.name.split(".")[0] for k in KEYS if "." in k.name}
@@ -220,6 +232,21 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: the replica's cache of decoded documents (read when the daemon starts).
+
+    A miss costs a SELECT and a decode (~40 µs for a small document), paid again by every
+    write to a working set larger than the cache. A small document takes ~3 KB decoded, so
+    16,384 of them take ~50 MB; larger ones are bounded by the stored size first: a decoded
+    document takes 40 to 120 times its stored size (a text typed in many places is the
+    heaviest), so 1 MiB keeps the cache under ~120 MB (about 11,000 documents of 100 bytes).
+    """
+
+    cache_documents: int = 16384
+    cache_stored_mb: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of one instance."""
 
@@ -227,6 +254,7 @@ class Config:
     listen: str = "0.0.0.0:7400"
     log_level: str = "info"
     api: ApiConfig = field(default_factory=ApiConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     source: Path | None = None
 
 
@@ -265,18 +293,21 @@ def config_from_mapping(data: Mapping[str, Any], where: str = "<config>") -> Con
             raise ConfigError(
                 f"{where}: bad value for `{name}`: {exc} (got {_toml_value(value)})"
             ) from None
-    api = ApiConfig(
-        **{
-            k.name.split(".", 1)[1]: values.get(k.name, k.default)
+
+    def section(name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {
+            k.name.removeprefix(prefix): values.get(k.name, k.default)
             for k in KEYS
-            if k.name.startswith("api.")
+            if k.name.startswith(prefix)
         }
-    )
+
     return Config(
         name=values.get("name") or default_name(),
         listen=values.get("listen", _BY_NAME["listen"].default),
         log_level=values.get("log_level", _BY_NAME["log_level"].default),
-        api=api,
+        api=ApiConfig(**section("api")),
+        store=StoreConfig(**section("store")),
     )
 
 
@@ -313,14 +344,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    config = config_from_mapping(data, str(path))
-    return Config(
-        name=config.name,
-        listen=config.listen,
-        log_level=config.log_level,
-        api=config.api,
-        source=path,
-    )
+    return replace(config_from_mapping(data, str(path)), source=path)
 
 
 def _toml_value(value: Any) -> str:
@@ -348,10 +372,10 @@ def initial_config_text(name: str, listen: str) -> str:
         f"name = {_toml_string(name)}",
         f"listen = {_toml_string(listen)}",
         '# log_level = "info"',
-        "",
-        "[api]",
     ]
-    for key in KEYS:
-        if key.name.startswith("api."):
-            lines.append(f"# {key.name.split('.', 1)[1]} = {key.default!r}   # {key.doc}")
+    for section in sorted(_SECTIONS):
+        lines += ["", f"[{section}]"]
+        for key in KEYS:
+            if key.name.startswith(section + "."):
+                lines.append(f"# {key.name.split('.', 1)[1]} = {key.default!r}   # {key.doc}")
     return "\n".join(lines) + "\n"

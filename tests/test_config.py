@@ -39,11 +39,14 @@ def test_values_are_read(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         'name = "lap"\nlisten = "[::1]:9000"\nlog_level = "DEBUG"\n'
-        "[api]\nmax_line_bytes = 4096\nwatch_queue = 7\n",
+        "[api]\nmax_line_bytes = 4096\nwatch_queue = 7\n"
+        "[store]\ncache_documents = 100\ncache_stored_mb = 4\n",
     )
     config = load_config(path)
     assert (config.name, config.listen, config.log_level) == ("lap", "[::1]:9000", "debug")
     assert (config.api.max_line_bytes, config.api.watch_queue) == (4096, 7)
+    assert config.api.max_in_flight == 64  # (the section's other keys keep their defaults)
+    assert (config.store.cache_documents, config.store.cache_stored_mb) == (100, 4)
     assert config.source == path
 
 
@@ -52,7 +55,12 @@ def test_values_are_read(tmp_path: Path) -> None:
     [
         ('nmae = "x"\n', "unknown key `nmae`"),
         ("[api]\nmax_lines = 3\n", "unknown key `api.max_lines`"),
-        ("[bogus]\nx = 1\n", "unknown section [bogus] (known sections: [api])"),
+        ("[bogus]\nx = 1\n", "unknown section [bogus] (known sections: [api], [store])"),
+        ("[store]\ncache_mb = 3\n", "unknown key `store.cache_mb`"),
+        ("[store]\ncache_stored_mb = 0\n", "bad value for `store.cache_stored_mb`"),
+        ("[store]\ncache_stored_mb = 0.5\n", "expected an integer from 1 to 65536"),
+        ("[store]\ncache_documents = 15\n", "bad value for `store.cache_documents`"),
+        ("store = 1\n", "`store` must be a table"),
         ('listen = "nowhere"\n', "bad value for `listen`"),
         ('listen = "::1:80"\n', "brackets"),
         ('listen = "[::1]"\n', "missing :PORT after the address"),
@@ -118,6 +126,12 @@ def test_initial_config_is_valid_and_documents_every_key() -> None:
     assert config.listen == "127.0.0.1:1"
     for key in KEYS:
         assert key.name.split(".")[-1] in text
+    # Each commented-out key, uncommented, is valid and says the default.
+    uncommented = re.sub(r"(?m)^# (\w+ = .*?)(   # .*)?$", r"\1", text)
+    assert config_from_mapping(tomllib.loads(uncommented)) == config_from_mapping(
+        {"name": config.name, "listen": config.listen}
+    )
+    assert uncommented.count(" = ") == len(KEYS)
 
 
 def test_a_byte_order_mark_is_tolerated(tmp_path: Path) -> None:

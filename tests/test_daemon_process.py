@@ -196,6 +196,25 @@ def test_sighup_reloads_and_survives_a_bad_config(home: Path) -> None:
         assert d.stop() == 0
 
 
+def test_the_store_section_sets_the_document_cache(home: Path) -> None:
+    home.mkdir(mode=0o700)
+    config = home / "config.toml"
+    config.write_text('log_level = "debug"\n[store]\ncache_documents = 100\ncache_stored_mb = 3\n')
+    with daemon_process(home) as d:
+        assert d.notify is not None
+        assert "keeps up to 100 documents decoded, 3 MiB of them stored" in d.stderr()
+        # A reload cannot resize the open replica's cache: it says so and keeps the old one.
+        config.write_text('log_level = "debug"\n[store]\ncache_documents = 200\n')
+        d.signal(signal.SIGHUP)
+        d.notify.messages.clear()
+        d.notify.wait_for("STATUS")
+        assert "[store] settings take effect after a restart" in d.stderr()
+        assert d.stop() == 0
+    with daemon_process(home) as d:
+        assert "keeps up to 200 documents decoded, 1 MiB of them stored" in d.stderr()
+        assert d.stop() == 0
+
+
 def test_a_missing_config_is_said_at_start(home: Path) -> None:
     with daemon_process(home) as d:
         assert d.stop() == 0

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from syncd.config import MiB, StoreConfig
 from syncd.daemon.store import (
     Change,
     ChangeListener,
@@ -115,17 +116,23 @@ class ReplicaStore:
 
 log = logging.getLogger("syncd.store")
 
-DAEMON_CACHE_ITEMS = 16384
-"""Documents the daemon keeps decoded (the replica's default is 4096). A miss costs a SELECT
-and a decode (~40 µs for a small document), paid again by every write to a working set
-larger than the cache. A small document takes ~3 KB decoded, so this bounds the cache near
-50 MB; larger documents are bounded by the replica's byte budget first (1 MiB encoded, about
-11,000 documents of 100 bytes)."""
-
 
 @asynccontextmanager
-async def open_store(paths: Paths, identity: Identity) -> AsyncIterator[Store]:
-    """Open the instance's SQLite replica for the daemon's lifetime."""
-    async with open_replica(paths.database, cache_items=DAEMON_CACHE_ITEMS) as replica:
-        log.debug("opened %s; this run writes as replica %s", paths.database, replica.replica_id)
+async def open_store(paths: Paths, identity: Identity, config: StoreConfig) -> AsyncIterator[Store]:
+    """Open the instance's SQLite replica for the daemon's lifetime, with the cache that
+    ``config`` (``[store]`` in config.toml) sets."""
+    async with open_replica(
+        paths.database,
+        cache_items=config.cache_documents,
+        cache_bytes=config.cache_stored_mb * MiB,
+    ) as replica:
+        items, stored = replica.writer.store.cache_budget
+        log.debug(
+            "opened %s; this run writes as replica %s; it keeps up to %d documents decoded, "
+            "%.3g MiB of them stored",
+            paths.database,
+            replica.replica_id,
+            items,
+            stored / MiB,
+        )
         yield ReplicaStore(replica)

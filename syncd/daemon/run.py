@@ -27,6 +27,7 @@ from syncd.config import (
     ApiConfig,
     Config,
     ConfigError,
+    StoreConfig,
     default_name,
     initial_config_text,
     load_config,
@@ -57,7 +58,7 @@ from syncd.paths import Paths
 
 log = logging.getLogger("syncd.daemon")
 
-StoreFactory = Callable[[Paths, Identity], AbstractAsyncContextManager[Store]]
+StoreFactory = Callable[[Paths, Identity, StoreConfig], AbstractAsyncContextManager[Store]]
 
 
 class DaemonError(SyncdError):
@@ -265,7 +266,7 @@ async def _serve(
     socket_path = paths.daemon_socket
     if paths.socket != socket_path:
         log.info("ignoring --socket/$SYNCD_SOCKET %s: it is for clients", paths.socket)
-    async with store_factory(paths, identity) as store:
+    async with store_factory(paths, identity, settings.config.store) as store:
         hub = WatchHub()
         store.set_value_filter(hub.wants)  # render a change only for a watcher that shows it
         remove_listener = store.add_change_listener(hub.publish)
@@ -350,6 +351,9 @@ def _reload(paths: Paths, settings: Settings) -> None:
             settings.config.listen,
         )
         config = dataclasses.replace(config, listen=settings.config.listen)  # what `status` shows
+    if config.store != settings.config.store:
+        log.warning("[store] settings take effect after a restart")
+        config = dataclasses.replace(config, store=settings.config.store)
     settings.config = config
     set_level(settings.log_level)
     if paths.config_file.exists():

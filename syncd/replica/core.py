@@ -516,6 +516,11 @@ class StoreCore:
             del self._large[ck]
         self._cache.put(ck, entry, size)
 
+    @property
+    def cache_budget(self) -> tuple[int, int]:
+        """The document cache's limits: (documents, bytes of their stored form)."""
+        return self._cache.max_items, self._cache.max_bytes
+
     def known_bytes(self, ns: str, key: str) -> int:
         """What a loaded document takes stored (0 if it is not loaded): a hint of what a write
         to it will cost, read without loading anything (safe while no batch runs)."""
