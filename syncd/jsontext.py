@@ -39,7 +39,10 @@ def decode_utf8(data: bytes) -> str:
     Raises ``UnicodeDecodeError`` for anything else, including encoded surrogates and
     UTF-16/32 text.
     """
-    return data.decode("utf-8-sig")
+    if data[:3] == b"\xef\xbb\xbf":
+        return data.decode("utf-8-sig")
+    # The same result and errors without a byte-order mark, without the codec's Python layer.
+    return data.decode("utf-8")
 
 
 def has_lone_surrogate(value: Any) -> bool:

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from syncd.config import ApiConfig
+from syncd.daemon import rpc, server
 from syncd.daemon.rpc import LineSplitter, parse_message
 from syncd.daemon.store import NoNetwork
 from syncd.deviceid import format_device_id
@@ -790,3 +791,22 @@ async def test_a_batch_response_is_bounded_like_a_line(tmp_path: Path) -> None:
         assert [a["id"] for a in answers] == list(range(50))
         # Past the budget a notification still runs: it adds nothing to the response.
         assert result(await conn.call("get", {"ns": "n", "key": "x"}))["value"] == {"v": 1}
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"jsonrpc": "2.0", "id": 7, "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": -(2**70), "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": "7", "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": True, "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": 7.5, "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": None, "result": {"ok": True}},
+        {"jsonrpc": "2.0", "id": 7, "result": {"ok": 1}},
+        {"jsonrpc": "2.0", "id": 7, "result": {"ok": True, "existed": False}},
+        {"jsonrpc": "2.0", "id": 7, "error": {"code": -32000, "message": "x"}},
+    ],
+)
+def test_a_write_answer_is_the_bytes_the_encoder_makes(response: dict[str, Any]) -> None:
+    # Write answers skip the encoder (server._encoded): they must not differ from it.
+    assert server._encoded(response) + b"\n" == rpc.encode(response)

@@ -34,6 +34,8 @@ class Params:
 
     def done(self) -> None:
         """Raise if the request carried params that the method does not take."""
+        if self._params.keys() <= self._seen:
+            return
         extra = sorted(set(self._params) - self._seen)
         if extra:
             raise invalid_params(f"unknown param(s): {', '.join(extra)}", param=extra[0])

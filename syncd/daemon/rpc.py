@@ -95,6 +95,9 @@ def parse_message(line: bytes) -> tuple[list[Message], bool]:
     return [_validate(data)], False
 
 
+_MEMBERS = frozenset(("jsonrpc", "method", "params", "id"))
+
+
 def _valid_id(value: Any) -> bool:
     # JSON-RPC allows any number; fractional ones are discouraged, not forbidden.
     t = type(value)
@@ -115,8 +118,8 @@ def _validate(data: Any) -> Message:
     method = data.get("method")
     if not isinstance(method, str):
         return Invalid(rid, RpcError(INVALID_REQUEST, 'invalid request: "method" must be a string'))
-    extra = set(data) - {"jsonrpc", "method", "params", "id"}
-    if extra:
+    if not data.keys() <= _MEMBERS:
+        extra = set(data) - _MEMBERS
         return Invalid(
             rid, RpcError(INVALID_REQUEST, f"invalid request: unexpected members {sorted(extra)}")
         )
