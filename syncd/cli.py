@@ -322,10 +322,12 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     if identity_exists(paths.state_dir):
         # Run again: nothing changes, except what an init cut short (a full disk) left
         # unmade; done before anything is printed, so that a failure is not told as success.
-        identity = load_identity(paths.state_dir)  # (re-issues a missing certificate)
+        identity = load_identity(paths.state_dir)
         config_file = paths.config_file
         had_config = config_file.exists() or config_file.is_symlink()  # (a dangling link)
         completed = []
+        if identity.certificate_reissued:
+            completed.append(f"re-issued the certificate {identity.cert_path} from the key")
         if not had_config:
             _write_config(paths, name, listen)
             completed.append(f"wrote the missing {config_file}")
@@ -437,6 +439,8 @@ def cmd_id(args: argparse.Namespace, paths: Paths) -> int:
     from syncd.identity import load_identity
 
     identity = load_identity(paths.state_dir)
+    if identity.certificate_reissued:
+        _note(f"re-issued the certificate {identity.cert_path} from the key")
     if args.json:
         print_json({"device_id": identity.device_id})
     else:

@@ -62,6 +62,9 @@ class Identity:
     certificate: x509.Certificate
     key_path: Path
     cert_path: Path
+    certificate_reissued: bool = False
+    """Loading made a new certificate from the key (the file was missing or was another
+    key's): callers say so."""
 
     def certificate_pem(self) -> bytes:
         """The certificate in PEM form."""
@@ -233,10 +236,12 @@ def load_identity(state_dir: Path) -> Identity:
         cert = None
     except ValueError as exc:
         raise IdentityError(f"{cert_path} is not a valid certificate: {exc}") from None
-    if cert is None or device_id_from_certificate(cert) != device_id:
+    reissued = cert is None or device_id_from_certificate(cert) != device_id
+    if reissued:
         cert = make_certificate(key)
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return Identity(device_id, key, cert, key_path, cert_path)
+    assert cert is not None
+    return Identity(device_id, key, cert, key_path, cert_path, reissued)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -119,6 +119,28 @@ def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) ->
     assert (home / "config.toml").is_symlink()
 
 
+def test_a_missing_certificate_is_reissued_and_said(run: Run, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    device_id = ok(run("--home", str(home), "init")).strip()
+    cert = home / "cert.pem"
+    cert.unlink()
+    status, out, err = run("--home", str(home), "init")
+    assert (status, out.strip()) == (0, device_id)
+    assert err == (
+        f"syncd: already initialized in {home}; re-issued the certificate {cert} from the key\n"
+    )
+    assert cert.is_file()
+    status, out, err = run("--home", str(home), "id")
+    assert (status, out.strip(), err) == (0, device_id, "")  # nothing to say this time
+    other = tmp_path / "other"
+    ok(run("--home", str(other), "init"))
+    cert.write_bytes((other / "cert.pem").read_bytes())  # another device's certificate
+    status, out, err = run("--home", str(home), "id")
+    assert (status, out.strip()) == (0, device_id)
+    assert err == f"syncd: re-issued the certificate {cert} from the key\n"
+    assert cert.read_bytes() != (other / "cert.pem").read_bytes()
+
+
 def test_init_completing_a_database_tells_of_a_log_it_set_aside(run: Run, tmp_path: Path) -> None:
     home = tmp_path / "h"
     ok(run("--home", str(home), "init"))

@@ -175,7 +175,12 @@ async def test_trust_peers_share_namespaces_untrust(conn: Line, api: Api) -> Non
     assert result(await conn.call("unshare", {"ns": "n", "devices": [OTHER]})) == {"ok": True}
     ns = result(await conn.call("namespaces"))["namespaces"]
     assert ns == [{"ns": "n", "devices": [], "documents": 1}]
-    assert result(await conn.call("untrust", {"device_id": OTHER})) == {"ok": True}
+    # untrust takes the contract's params of trust too (checked, then of no use).
+    bad = {"device_id": OTHER, "addresses": ["nowhere"]}
+    assert error(await conn.call("untrust", bad), -32602)["data"]["param"] == "addresses"
+    assert len(result(await conn.call("peers"))["peers"]) == 1  # (refused: still trusted)
+    both = {"device_id": OTHER, "name": "phone", "addresses": ["10.0.0.1:7400"]}
+    assert result(await conn.call("untrust", both)) == {"ok": True}
     error(await conn.call("untrust", {"device_id": OTHER}), -32000, "not_found")
     assert result(await conn.call("peers"))["peers"] == []
     error(await conn.call("trust", {"device_id": api.device_id}), -32602)

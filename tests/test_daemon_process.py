@@ -215,6 +215,17 @@ def test_the_store_section_sets_the_document_cache(home: Path) -> None:
         assert d.stop() == 0
 
 
+def test_a_missing_certificate_is_reissued_at_start_and_logged(home: Path) -> None:
+    with daemon_process(home) as d:
+        device_id = d.call("status")["device_id"]
+        assert d.stop() == 0
+    (home / "cert.pem").unlink()
+    with daemon_process(home) as d:
+        assert d.call("status")["device_id"] == device_id
+        assert f"re-issued the certificate {home / 'cert.pem'} from the key" in d.stderr()
+        assert d.stop() == 0
+
+
 def test_a_missing_config_is_said_at_start(home: Path) -> None:
     with daemon_process(home) as d:
         assert d.stop() == 0

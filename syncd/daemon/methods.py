@@ -227,6 +227,10 @@ async def _trust(svc: Service, session: Session, p: Params) -> Any:
 @method("untrust")
 async def _untrust(svc: Service, session: Session, p: Params) -> Any:
     device_id = p.device_id("device_id")
+    # The contract gives trust and untrust one row of params: untrust takes `name` and
+    # `addresses` too, checked as trust checks them, and has no use for them.
+    p.opt_device_name("name")
+    p.addresses("addresses")
     p.done()
     existed = await _write(lambda: svc.store.untrust(device_id))
     if not existed:

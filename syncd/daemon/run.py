@@ -148,6 +148,8 @@ def prepare_home(paths: Paths, report: Report = log.warning) -> tuple[Identity, 
         identity, created = load_or_create_identity(paths.state_dir)
     except PermissionError as exc:
         raise DaemonError(f"cannot use {exc.filename}: permission denied") from None
+    if identity.certificate_reissued:
+        report(f"re-issued the certificate {identity.cert_path} from the key")
     return identity, created
 
 
