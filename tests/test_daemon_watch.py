@@ -11,6 +11,7 @@ import trio
 from syncd.client import AsyncClient, InvalidParams, NotFound, open_client
 from syncd.config import ApiConfig
 from syncd.crdt import Document
+from syncd.daemon import server
 from syncd.daemon.store import Change
 from syncd.replica import StoreError
 from tests.daemon_harness import Line, line_connection, request_line, running_api
@@ -178,6 +179,42 @@ async def test_stuck_watcher_never_blocks_writers_and_overflows(tmp_path: Path) 
             note = await next_notification(stuck)
             seen[note["params"]["key"]] = note["params"]["value"]["i"]
         assert seen[f"k{999 % 50}"] == 999
+
+
+async def test_a_stuck_watcher_of_large_documents_holds_their_changes_not_lines(
+    tmp_path: Path,
+) -> None:
+    # 200 changes of 100 kB documents: lines ready to send would be 20 MB for a watcher that
+    # does not read. The connection queues output only up to NOTIFY_BACKLOG_BYTES; past that
+    # the changes wait in the subscription's queue, the latest per document.
+    big = "x" * 100_000
+    async with (
+        running_api(tmp_path, ApiConfig(watch_queue=1000)) as api,
+        line_connection(api.socket) as stuck,
+        line_connection(api.socket) as writer,
+    ):
+        await stuck.call("watch", {"ns": "n"})
+        with trio.fail_after(60):
+            for i in range(200):
+                value = {"s": big, "i": i}
+                r = await writer.call("put", {"ns": "n", "key": f"k{i % 4}", "value": value})
+                assert r["result"] == {"ok": True}
+        (sub,) = api.hub._subs.values()
+        assert len(sub.queue) == 4  # what was not sent yet: the latest of each document
+        await writer.call("put", {"ns": "n", "key": "last", "value": {"i": -1}})
+        received = 0
+        latest: dict[str, int] = {}
+        with trio.fail_after(30):
+            while "last" not in latest:
+                note = await next_notification(stuck)
+                received += len(note["params"]["value"].get("s", ""))
+                latest[note["params"]["key"]] = note["params"]["value"]["i"]
+        # What had been sent or queued when the watcher started reading: at most the
+        # backlog (1 MiB), a line past it, the socket's buffer (~200 kB); then the queue's
+        # latest. (96 lines ready to send, the channel's room, would be 9.6 MB.)
+        assert server.NOTIFY_BACKLOG_BYTES <= 1024 * 1024
+        assert received <= 3_000_000
+        assert latest == {"k0": 196, "k1": 197, "k2": 198, "k3": 199, "last": -1}
 
 
 async def test_too_many_subscriptions(tmp_path: Path) -> None:

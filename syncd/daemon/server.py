@@ -66,6 +66,11 @@ MAX_REFUSALS_IN_PROGRESS = 32
 """Refused connections that get their one-line reason at once; past that they are closed
 without it (a client flooding the socket must not exhaust the daemon's descriptors)."""
 RECEIVE_CHUNK = 256 * 1024
+NOTIFY_BACKLOG_BYTES = 1024 * 1024
+"""A connection's notifications wait while this much of its output is queued and unsent: a
+watcher that does not read holds its changes in its subscription's queue (the latest per
+document, bounded by ``watch_queue``) instead of as lines here, up to 96 of them of up to a
+document's size each."""
 
 # Subscriptions started by the request being handled in this task: their pumps may send only
 # after the response carrying their id has been queued.
@@ -154,6 +159,8 @@ class Connection:
         self._lines: deque[bytes | Parsed | None] = deque()
         self._send: trio.MemorySendChannel[bytes] | None = None
         self._queued = 0  # lines in the outgoing channel
+        self._backlog = 0  # bytes in the outgoing channel or being sent
+        self._backlog_shrank = trio.Event()
         self._writing = False  # the writer task is sending
         self._peer_gone = False  # sending failed: responses are dropped from now on
         self._work: trio.Nursery | None = None
@@ -337,11 +344,18 @@ class Connection:
                 self._in_flight.release()
 
     async def _emit(self, data: bytes) -> None:
+        """Queue a notification, once the output queued before it is under
+        :data:`NOTIFY_BACKLOG_BYTES`."""
         assert self._send is not None
+        while self._backlog >= NOTIFY_BACKLOG_BYTES and not self._peer_gone:
+            if self._backlog_shrank.is_set():
+                self._backlog_shrank = trio.Event()
+            await self._backlog_shrank.wait()
         if self._peer_gone:
             return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._queued += 1
+            self._backlog += len(data)
             await self._send.send(data)
 
     async def _respond(self, data: bytes) -> None:
@@ -367,6 +381,7 @@ class Connection:
             data = data[sent:]
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._queued += 1
+            self._backlog += len(data)
             try:
                 self._send.send_nowait(data)
             except trio.WouldBlock:
@@ -467,6 +482,8 @@ class Connection:
                         self._peer_gone = True
                         self._stop_subscriptions()
                 self._writing = False
+                self._backlog -= size
+                self._backlog_shrank.set()
 
     # --- Session -------------------------------------------------------------------------
 
