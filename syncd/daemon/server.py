@@ -67,10 +67,10 @@ MAX_REFUSALS_IN_PROGRESS = 32
 without it (a client flooding the socket must not exhaust the daemon's descriptors)."""
 RECEIVE_CHUNK = 256 * 1024
 NOTIFY_BACKLOG_BYTES = 1024 * 1024
-"""A connection's notifications wait while this much of its output is queued and unsent: a
-watcher that does not read holds its changes in its subscription's queue (the latest per
-document, bounded by ``watch_queue``) instead of as lines here, up to 96 of them of up to a
-document's size each."""
+"""A connection's notifications wait while this much of its output is queued and unsent, so
+the changes a watcher does not read stay in its subscription's queue (the latest per
+document, at most ``watch_queue``), not in the outgoing channel, whose room is counted in
+lines (96 by default), each up to a document's size."""
 
 # Subscriptions started by the request being handled in this task: their pumps may send only
 # after the response carrying their id has been queued.
