@@ -178,6 +178,8 @@ async def test_trust_peers_share_namespaces_untrust(conn: Line, api: Api) -> Non
     # untrust takes the contract's params of trust too (checked, then of no use).
     bad = {"device_id": OTHER, "addresses": ["nowhere"]}
     assert error(await conn.call("untrust", bad), -32602)["data"]["param"] == "addresses"
+    bad = {"device_id": OTHER, "name": "a\u200bb"}
+    assert error(await conn.call("untrust", bad), -32602)["data"]["param"] == "name"
     assert len(result(await conn.call("peers"))["peers"]) == 1  # (refused: still trusted)
     both = {"device_id": OTHER, "name": "phone", "addresses": ["10.0.0.1:7400"]}
     assert result(await conn.call("untrust", both)) == {"ok": True}

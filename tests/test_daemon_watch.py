@@ -217,6 +217,57 @@ async def test_a_stuck_watcher_of_large_documents_holds_their_changes_not_lines(
         assert latest == {"k0": 196, "k1": 197, "k2": 198, "k3": 199, "last": -1}
 
 
+async def test_no_change_follows_the_answer_to_unwatch(tmp_path: Path) -> None:
+    # 40 changes of 100 kB documents wait behind the unsent backlog when the watcher
+    # unwatches: none of them may come after the answer (it ends the subscription).
+    big = "x" * 100_000
+    async with (
+        running_api(tmp_path, ApiConfig(watch_queue=1000)) as api,
+        line_connection(api.socket) as w,
+        line_connection(api.socket) as writer,
+    ):
+        sub = (await w.call("watch", {"ns": "n"}))["result"]["subscription"]
+        with trio.fail_after(30):
+            for i in range(40):
+                value = {"s": big, "i": i}
+                await writer.call("put", {"ns": "n", "key": f"k{i}", "value": value})
+        unwatch = await w.send("unwatch", {"subscription": sub})
+        before, after = [], []
+        with trio.fail_after(30):
+            while (msg := await w.recv()).get("id") != unwatch:
+                before.append(msg["params"]["key"])
+            assert msg["result"] == {"ok": True}
+            # Whatever the daemon queued after the answer comes before this one's.
+            status = await w.send("status")
+            while (msg := await w.recv()).get("id") != status:
+                after.append(msg["params"]["key"])
+        assert before  # (some were on their way)
+        assert after == []
+
+
+async def test_pipelined_responses_do_not_hold_back_notifications(tmp_path: Path) -> None:
+    # A client keeps 40 reads of a 100 kB document in flight on the connection it watches
+    # on: more than the notification backlog in responses, all the time. Its change comes.
+    big = "x" * 100_000
+    async with (
+        running_api(tmp_path) as api,
+        line_connection(api.socket) as c,
+        line_connection(api.socket) as writer,
+    ):
+        await writer.call("put", {"ns": "m", "key": "big", "value": {"s": big}})
+        await c.call("watch", {"ns": "n"})
+        for _ in range(40):
+            await c.send("get", {"ns": "m", "key": "big"})
+        await writer.call("put", {"ns": "n", "key": "a", "value": {"i": 1}})
+        responses = 0
+        with trio.fail_after(30):
+            while (msg := await c.recv()).get("method") != "change":
+                responses += 1
+                await c.send("get", {"ns": "m", "key": "big"})
+        assert msg["params"]["key"] == "a"
+        assert responses < 200
+
+
 async def test_too_many_subscriptions(tmp_path: Path) -> None:
     async with running_api(tmp_path) as api, line_connection(api.socket) as w:
         for _ in range(64):

@@ -67,10 +67,11 @@ MAX_REFUSALS_IN_PROGRESS = 32
 without it (a client flooding the socket must not exhaust the daemon's descriptors)."""
 RECEIVE_CHUNK = 256 * 1024
 NOTIFY_BACKLOG_BYTES = 1024 * 1024
-"""A connection's notifications wait while this much of its output is queued and unsent, so
-the changes a watcher does not read stay in its subscription's queue (the latest per
-document, at most ``watch_queue``), not in the outgoing channel, whose room is counted in
-lines (96 by default), each up to a document's size."""
+"""A subscription takes its next change out of its queue only while less than this much of
+its connection's notifications is queued and unsent, so the changes a watcher does not read
+stay in their subscriptions' queues (the latest per document, at most ``watch_queue``), not
+in the outgoing channel, whose room is counted in lines (96 by default), each up to a
+document's size. Responses do not count: ``max_in_flight`` bounds them."""
 
 # Subscriptions started by the request being handled in this task: their pumps may send only
 # after the response carrying their id has been queued.
@@ -157,10 +158,11 @@ class Connection:
         self._subs_stopped = False
         self._in_flight = trio.Semaphore(limits.max_in_flight)
         self._lines: deque[bytes | Parsed | None] = deque()
-        self._send: trio.MemorySendChannel[bytes] | None = None
+        # Outgoing lines, each marked True for a notification.
+        self._send: trio.MemorySendChannel[tuple[bytes, bool]] | None = None
         self._queued = 0  # lines in the outgoing channel
-        self._backlog = 0  # bytes in the outgoing channel or being sent
-        self._backlog_shrank = trio.Event()
+        self._notify_backlog = 0  # bytes of notifications in the channel or being sent
+        self._notify_sent = trio.Event()  # set when the writer has sent some
         self._writing = False  # the writer task is sending
         self._peer_gone = False  # sending failed: responses are dropped from now on
         self._work: trio.Nursery | None = None
@@ -186,7 +188,7 @@ class Connection:
         # Room for every in-flight request's response (plus notifications): a batch of
         # completions queues its responses without blocking, and the writer sends them in one
         # write instead of waking blocked senders one by one.
-        send, recv = trio.open_memory_channel[bytes](self.limits.max_in_flight + 32)
+        send, recv = trio.open_memory_channel[tuple[bytes, bool]](self.limits.max_in_flight + 32)
         try:
             async with trio.open_nursery() as conn:
                 conn.start_soon(self._writer, recv)
@@ -247,10 +249,13 @@ class Connection:
                 work.start_soon(self._next_line)
 
     async def _receive(self) -> bytes:
-        """``self.stream.receive_some(RECEIVE_CHUNK)``, with the same checkpoints and errors,
-        without the layers of trio's generic socket wrappers (two context managers, one of
-        them asynchronous), which cost a few µs per request: the receive, a checkpoint when
-        data was waiting, else a wait for the socket to be readable and the receive again."""
+        """``self.stream.receive_some(RECEIVE_CHUNK)``, with the same errors and checkpoints
+        (but none before an error), without the layers of trio's generic socket wrappers
+        (two context managers, one of them asynchronous), which cost a few µs per request:
+        the receive, a checkpoint when data was waiting, else a wait for the socket to be
+        readable and the receive again."""
+        # (The descriptor's number is safe to keep: only run() closes the stream, once the
+        # reader has ended.)
         fd = self.stream.socket.fileno()
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -343,20 +348,29 @@ class Connection:
             if release:
                 self._in_flight.release()
 
+    async def _notification_room(self) -> None:
+        """Wait until less than :data:`NOTIFY_BACKLOG_BYTES` of notifications is unsent (a
+        subscription calls this before it takes a change out of its queue)."""
+        while self._notify_backlog >= NOTIFY_BACKLOG_BYTES and not self._peer_gone:
+            if self._notify_sent.is_set():
+                self._notify_sent = trio.Event()
+            await self._notify_sent.wait()
+
     async def _emit(self, data: bytes) -> None:
-        """Queue a notification, once the output queued before it is under
-        :data:`NOTIFY_BACKLOG_BYTES`."""
+        """Queue a notification (in order: with no checkpoint before it is queued unless
+        the channel is full, where senders wait in turn)."""
         assert self._send is not None
-        while self._backlog >= NOTIFY_BACKLOG_BYTES and not self._peer_gone:
-            if self._backlog_shrank.is_set():
-                self._backlog_shrank = trio.Event()
-            await self._backlog_shrank.wait()
         if self._peer_gone:
             return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._queued += 1
-            self._backlog += len(data)
-            await self._send.send(data)
+            self._notify_backlog += len(data)
+            try:
+                await self._send.send((data, True))
+            except BaseException:  # not queued (cancelled, or the channel is closed)
+                self._queued -= 1
+                self._notify_backlog -= len(data)
+                raise
 
     async def _respond(self, data: bytes) -> None:
         """Send or queue a response; without a checkpoint unless the outgoing queue is full.
@@ -381,11 +395,14 @@ class Connection:
             data = data[sent:]
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._queued += 1
-            self._backlog += len(data)
             try:
-                self._send.send_nowait(data)
-            except trio.WouldBlock:
-                await self._send.send(data)
+                try:
+                    self._send.send_nowait((data, False))
+                except trio.WouldBlock:
+                    await self._send.send((data, False))
+            except BaseException:  # not queued (cancelled, or the channel is closed)
+                self._queued -= 1
+                raise
 
     def _requests_in_flight(self) -> int:
         return self.limits.max_in_flight - self._in_flight.value
@@ -459,31 +476,35 @@ class Connection:
             return parts[0] + b"\n"
         return b"[" + b",".join(parts) + b"]\n"
 
-    async def _writer(self, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _writer(self, recv: trio.MemoryReceiveChannel[tuple[bytes, bool]]) -> None:
         async with recv:
-            async for first in recv:
+            async for first, is_notification in recv:
                 self._writing = True
                 chunks = [first]
                 size = len(first)
+                notified = size if is_notification else 0
                 while size < RECEIVE_CHUNK:
                     try:
-                        more = recv.receive_nowait()
+                        more, is_notification = recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     chunks.append(more)
                     size += len(more)
+                    notified += len(more) if is_notification else 0
                 self._queued -= len(chunks)
-                if not self._peer_gone:
-                    try:
+                try:
+                    if not self._peer_gone:
                         await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else first)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        # The client went away. What it sent still runs (a write it sent
-                        # still commits); there is nobody left to answer or notify.
-                        self._peer_gone = True
-                        self._stop_subscriptions()
-                self._writing = False
-                self._backlog -= size
-                self._backlog_shrank.set()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The client went away. What it sent still runs (a write it sent still
+                    # commits); there is nobody left to answer or notify.
+                    self._peer_gone = True
+                    self._stop_subscriptions()
+                finally:
+                    self._writing = False
+                    if notified:
+                        self._notify_backlog -= notified
+                        self._notify_sent.set()
 
     # --- Session -------------------------------------------------------------------------
 
@@ -557,9 +578,18 @@ class Connection:
             await self._send_queued(sub, snapshot)
 
     async def _send_queued(self, sub: Subscription, snapshot: dict[str, int]) -> None:
-        """Send the changes queued for ``sub``, but none older than the initial value
-        already sent of its document."""
-        for seq, change in sub.drain():
+        """Send the changes queued for ``sub``, each taken out of its queue once there is
+        room (:meth:`_notification_room`), but none older than the initial value already
+        sent of its document. Stops when ``sub`` ends or overflows (the caller goes on)."""
+        changes = sub.drain()
+        while True:
+            await self._notification_room()
+            if sub.closed or sub.overflowed:
+                return
+            taken = next(changes, None)
+            if taken is None:
+                return
+            seq, change = taken
             if snapshot and snapshot.get(change.key, 0) >= seq:
                 continue  # older than what the snapshot already sent
             if change.value is None and not change.deleted:
@@ -568,6 +598,8 @@ class Connection:
                 current = await self._current(change)
                 if current is None:
                     continue
+                if sub.closed:  # (unwatched meanwhile: its answer may have gone out)
+                    return
                 change = current
             await self._emit(encode_notification("change", _change_params(sub, change)))
 
@@ -594,6 +626,7 @@ class Connection:
         the value already holds are not sent after it."""
         store: Store = self.server.service.store
         for key in keys:
+            await self._notification_room()
             if sub.closed or sub.overflowed:
                 return
             seq = self.server.hub.seq
@@ -604,6 +637,8 @@ class Connection:
                 log.error("watch subscription %d: cannot read %r: %s", sub.id, key, exc)
                 sub.return_pending(seq, key, deletion)  # tried again as a live change
                 continue
+            if sub.closed:  # (unwatched during the read: its answer may have gone out)
+                return
             if doc.exists:
                 snapshot[key] = seq
                 change = Change(sub.ns, key, doc.value, False, "local")
