@@ -154,6 +154,19 @@ async def line_connection(path: Path) -> AsyncIterator[Line]:
         await conn.aclose()
 
 
+@asynccontextmanager
+async def api_and_two_connections(
+    home: Path, limits: ApiConfig | None = None
+) -> AsyncIterator[tuple[Api, Line, Line]]:
+    """:func:`running_api` and two raw connections to it (a watcher and a writer, say)."""
+    async with (
+        running_api(home, limits) as api,
+        line_connection(api.socket) as first,
+        line_connection(api.socket) as second,
+    ):
+        yield api, first, second
+
+
 # --- a real daemon process -------------------------------------------------------------------
 
 

@@ -14,7 +14,13 @@ from syncd.crdt import Document
 from syncd.daemon import server
 from syncd.daemon.store import Change
 from syncd.replica import StoreError
-from tests.daemon_harness import Line, line_connection, request_line, running_api
+from tests.daemon_harness import (
+    Line,
+    api_and_two_connections,
+    line_connection,
+    request_line,
+    running_api,
+)
 
 
 async def put_zeros(store: Any, *keys: str) -> None:
@@ -49,11 +55,7 @@ async def next_notification(conn: Line) -> dict[str, Any]:
 
 
 async def test_watch_streams_local_changes_in_order(tmp_path: Path) -> None:
-    async with (
-        running_api(tmp_path) as api,
-        line_connection(api.socket) as w,
-        line_connection(api.socket) as c,
-    ):
+    async with api_and_two_connections(tmp_path) as (_api, w, c):
         await w.send("watch", {"ns": "n", "prefix": "a/"})
         response = await w.recv()  # the response comes before any notification
         sub = response["result"]["subscription"]
@@ -82,11 +84,7 @@ async def test_watch_streams_local_changes_in_order(tmp_path: Path) -> None:
 
 
 async def test_initial_sends_current_documents_first(tmp_path: Path) -> None:
-    async with (
-        running_api(tmp_path) as api,
-        line_connection(api.socket) as c,
-        line_connection(api.socket) as w,
-    ):
+    async with api_and_two_connections(tmp_path) as (_api, c, w):
         for key in ("k1", "k2", "z"):
             await c.call("put", {"ns": "n", "key": key, "value": {"key": key}})
         await c.call("delete", {"ns": "n", "key": "k2"})
@@ -147,11 +145,7 @@ async def test_unwatch(tmp_path: Path) -> None:
 async def test_stuck_watcher_never_blocks_writers_and_overflows(tmp_path: Path) -> None:
     limits = ApiConfig(watch_queue=8)
     big = "x" * 20_000
-    async with (
-        running_api(tmp_path, limits) as api,
-        line_connection(api.socket) as stuck,
-        line_connection(api.socket) as writer,
-    ):
+    async with api_and_two_connections(tmp_path, limits) as (api, stuck, writer):
         sub = (await stuck.call("watch", {"ns": "n"}))["result"]["subscription"]
         # The watcher never reads. 1000 writes of 20 kB (20 MB of notifications, far more
         # than the socket buffers and the queue) must still all be acknowledged.
@@ -188,10 +182,10 @@ async def test_a_stuck_watcher_of_large_documents_holds_their_changes_not_lines(
     # does not read. The connection queues output only up to NOTIFY_BACKLOG_BYTES; past that
     # the changes wait in the subscription's queue, the latest per document.
     big = "x" * 100_000
-    async with (
-        running_api(tmp_path, ApiConfig(watch_queue=1000)) as api,
-        line_connection(api.socket) as stuck,
-        line_connection(api.socket) as writer,
+    async with api_and_two_connections(tmp_path, ApiConfig(watch_queue=1000)) as (
+        api,
+        stuck,
+        writer,
     ):
         await stuck.call("watch", {"ns": "n"})
         with trio.fail_after(60):
@@ -221,11 +215,7 @@ async def test_no_change_follows_the_answer_to_unwatch(tmp_path: Path) -> None:
     # 40 changes of 100 kB documents wait behind the unsent backlog when the watcher
     # unwatches: none of them may come after the answer (it ends the subscription).
     big = "x" * 100_000
-    async with (
-        running_api(tmp_path, ApiConfig(watch_queue=1000)) as api,
-        line_connection(api.socket) as w,
-        line_connection(api.socket) as writer,
-    ):
+    async with api_and_two_connections(tmp_path, ApiConfig(watch_queue=1000)) as (_api, w, writer):
         sub = (await w.call("watch", {"ns": "n"}))["result"]["subscription"]
         with trio.fail_after(30):
             for i in range(40):
@@ -249,11 +239,7 @@ async def test_pipelined_responses_do_not_hold_back_notifications(tmp_path: Path
     # A client keeps 40 reads of a 100 kB document in flight on the connection it watches
     # on: more than the notification backlog in responses, all the time. Its change comes.
     big = "x" * 100_000
-    async with (
-        running_api(tmp_path) as api,
-        line_connection(api.socket) as c,
-        line_connection(api.socket) as writer,
-    ):
+    async with api_and_two_connections(tmp_path) as (_api, c, writer):
         await writer.call("put", {"ns": "m", "key": "big", "value": {"s": big}})
         await c.call("watch", {"ns": "n"})
         for _ in range(40):
@@ -316,11 +302,7 @@ async def test_values_are_rendered_only_for_changes_a_watcher_shows(
         return real(doc)
 
     monkeypatch.setattr(Document, "render", counting)
-    async with (
-        running_api(tmp_path) as api,
-        line_connection(api.socket) as c,
-        line_connection(api.socket) as w,
-    ):
+    async with api_and_two_connections(tmp_path) as (api, c, w):
         for i in range(5):
             await c.call("put", {"ns": "n", "key": "b", "value": {"i": i}})
         assert renders == []
@@ -360,11 +342,7 @@ def test_a_watcher_behind_holds_one_change_per_document() -> None:
 async def test_a_document_deleted_during_the_initial_snapshot_is_reported_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with (
-        running_api(tmp_path) as api,
-        line_connection(api.socket) as c,
-        line_connection(api.socket) as w,
-    ):
+    async with api_and_two_connections(tmp_path) as (api, c, w):
         for key in ("a", "b"):
             await c.call("put", {"ns": "n", "key": key, "value": {}})
 
@@ -389,11 +367,7 @@ async def test_a_watcher_reading_at_full_speed_does_not_overflow_on_its_snapshot
     # yet are in their initial values, the others go out between the initial ones. Queued
     # behind the whole snapshot they overflowed the queue, and a resubscription the same way.
     pad = "x" * 50_000
-    async with (
-        running_api(tmp_path, ApiConfig(watch_queue=8)) as api,
-        line_connection(api.socket) as w,
-        line_connection(api.socket) as c,
-    ):
+    async with api_and_two_connections(tmp_path, ApiConfig(watch_queue=8)) as (api, w, c):
         for i in range(200):
             await c.call("put", {"ns": "n", "key": f"k{i:03}", "value": {"v": 0, "pad": pad}})
         await w.send("watch", {"ns": "n", "initial": True})
