@@ -25,6 +25,13 @@ class CodecError(SyncdError):
     reason = "bad_encoding"
 
 
+class InvalidDeltaError(SyncdError):
+    """A remote delta that the replica refuses (it claims dots that belong elsewhere); nothing
+    of its batch was applied."""
+
+    reason = "invalid_delta"
+
+
 class PatchError(SyncdError):
     """An operation that cannot apply to a document; ``reason`` says why.
 

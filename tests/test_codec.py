@@ -194,3 +194,61 @@ def test_stored_documents_are_read_with_more_room_than_peers_get() -> None:
     with pytest.raises(CodecError, match=r"too deep|nest"):
         decode_document(data)
     assert decode_stored(data).render() == doc.render()
+
+
+# --- forged deltas a peer could send: valid CBOR, refused by the decoder -------------------
+
+
+def _model(doc: Document) -> list:  # type: ignore[type-arg]
+    return cbor2.loads(encode_document(doc))  # type: ignore[no-any-return]
+
+
+def test_a_sequence_parent_must_be_older_than_its_child() -> None:
+    # A:1's parent is A:2 (a later dot of its own replica) and A:2 is A:1's right child: a
+    # cycle that re-encoding would merge into one run holding its own parent, which no
+    # longer decodes (a stored document, lost). Refused as it arrives.
+    seq = [[0, 2], [0, 0], [1, 1], [2 * 4 + 2 + 1, 1 * 4 + 1], [0], [2], "ab"]
+    forged = [1, ["A", "P"], [[0, 1, 1], [1, 1, 0]], [[1, 1], {"t": {"t": [[], seq]}}]]
+    with pytest.raises(CodecError, match="bad parent"):
+        decode_document(cbor2.dumps(forged))
+    # (Honest sequences always decode after re-encoding: test_sequence's properties.)
+
+
+@pytest.mark.parametrize("other", ["register", "text"])
+def test_a_sequence_node_cannot_share_its_dot(other: str) -> None:
+    # One dot named a text node and a register entry (or a node of another text): removing
+    # the register later would drop the node on the replicas that join the removal but not
+    # on the one that made it, with equal contexts: never repaired.
+    ops: list[dict[str, object]] = [{"op": "make", "path": ["t"], "type": "text", "value": "h"}]
+    if other == "register":
+        ops.append({"op": "set", "path": ["f"], "value": 1})
+    else:
+        ops.append({"op": "make", "path": ["u"], "type": "text", "value": "k"})
+    legit = Document().patch(parse_ops(ops), DotCounter("peerA", 1))
+    m = _model(legit)
+    decode_document(cbor2.dumps(m))  # (the honest one decodes)
+    fields = m[3][1]
+    node_gap = fields["t"]["t"][1][1][0]  # the text's first run starts at gap + 1
+    if other == "register":
+        fields["f"]["r"][1] = node_gap + 1
+    else:
+        fields["u"]["t"][1][1][0] = node_gap
+    with pytest.raises(CodecError, match="appears twice"):
+        decode_document(cbor2.dumps(m))
+
+
+def test_list_items_are_checked_as_register_values() -> None:
+    legit = Document().patch(
+        parse_ops([{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}]),
+        DotCounter("peerA", 1),
+    )
+    m = _model(legit)
+    decode_document(cbor2.dumps(m))
+    for bad in (float("nan"), float("inf"), -(2**64)):
+        m[3][1]["l"]["l"][1][6][0] = bad
+        with pytest.raises(CodecError):
+            decode_document(cbor2.dumps(m))
+    m[3][1]["l"]["l"][1][6][0] = [[[[1]]]]
+    decode_document(cbor2.dumps(m), max_depth=4)
+    with pytest.raises(CodecError):
+        decode_document(cbor2.dumps(m), max_depth=3)

@@ -702,3 +702,13 @@ def test_objects_in_registers_and_list_items_show_their_keys_sorted() -> None:
         [["p", "q"], ["x", "y"]],
         [["x", "y"], ["p", "q"]],
     )
+
+
+def test_equal_numbers_in_a_set_render_in_one_order() -> None:
+    # 1 and 1.0 are distinct elements; whichever arrived first, every replica shows [1, 1.0].
+    one, other = Document(), Document()
+    for doc, first, second in ((one, 1, 1.0), (other, 1.0, 1)):
+        doc.patch(parse_ops([{"op": "make", "path": ["s"], "type": "set"}]), DotCounter("a", 1))
+        doc.patch(parse_ops([{"op": "add", "path": ["s"], "value": first}]), DotCounter("b", 1))
+        doc.patch(parse_ops([{"op": "add", "path": ["s"], "value": second}]), DotCounter("c", 1))
+    assert json.dumps(one.render()) == json.dumps(other.render()) == '{"s": [1, 1.0]}'

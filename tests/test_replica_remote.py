@@ -155,3 +155,38 @@ def test_remote_change_is_durable_and_reported(tmp_path: Path) -> None:
     with Store(tmp_path / "r.sqlite3") as s:
         assert s.get("ns", "k").value == {"t": "remote"}
         assert s.context("ns") == delta.ctx
+
+
+def test_dot_index_rows_can_end_at_the_largest_counter(store: Store) -> None:
+    # 256 index rows (one page) whose last ends at 2**63 - 1: the next page's cursor would
+    # be 2**63, which SQLite cannot bind (a bare OverflowError at every catch-up).
+    a, b = Document(), Document()
+    a.put({"z": "a"}, DotCounter("A", 1))
+    b.put({"z": "b"}, DotCounter("B", 1))
+    for c in range(1, 256, 2):
+        a.ctx.add_range("X", c, c)
+    for c in range(2, 255, 2):
+        b.ctx.add_range("X", c, c)
+    b.ctx.add_range("X", 256, 2**63 - 1)
+    store.apply_remote("ns", [("a", a), ("b", b)], "DEV1")
+    rows = store.index_rows("ns", "X", 1, 2**63 - 1)
+    assert len(rows) == 256
+    assert rows[-1] == (256, 2**63 - 1, "b")
+
+
+def test_the_sync_engine_closes_on_a_refused_delta(store: Store) -> None:
+    from syncd.crdt import encode_document
+    from syncd.sync.engine import SyncEngine
+    from syncd.sync.errors import RemoteProtocolError
+    from syncd.sync.messages import Deltas, Offer
+
+    engine = SyncEngine(store)
+    engine.connect("peer", {"ns"}, 0.0)
+    engine.next_messages("peer", 0.0)
+    engine.receive("peer", Offer(("ns",), False), 0.0)
+    forged = Document()
+    forged.put({"evil": 1}, DotCounter(store.replica_id, 1000))  # dots only we make
+    with pytest.raises(RemoteProtocolError) as info:
+        engine.receive("peer", Deltas("ns", 1, (("x", encode_document(forged)),)), 0.0)
+    assert info.value.reason == "bad_delta"
+    assert store.document("ns", "x") is None

@@ -127,7 +127,10 @@ def decode(obj: Any, replicas: list[str], is_text: bool) -> Sequence:
                     raise CodecError("bad sequence: missing parent replica")
                 prep, pc = replicas[xreps[xi]], code >> 2
                 xi += 1
-                if pc < 1 or (prep == rep and start <= pc < start + n):
+                # A parent is older than its children: of the same replica, a lower counter
+                # (a later one could close a cycle that re-encoding would turn into a run
+                # holding its own parent, which no longer decodes).
+                if pc < 1 or (prep == rep and pc >= start):
                     raise CodecError("bad sequence: bad parent")
                 pdot = (prep, pc)
             else:

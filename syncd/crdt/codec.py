@@ -22,7 +22,9 @@ empty stores; anything else raises :class:`~syncd.errors.CodecError` and nothing
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import math
 from typing import Any
@@ -235,6 +237,8 @@ class _Reader:
         self.ctx = ctx
         self.doc = Document()
         self.doc.ctx = ctx
+        self.seq_ranges: dict[str, list[tuple[int, int]]] = {}
+        """The node dots of every sequence read, per replica (checked once at the end)."""
 
     def dot(self, r: Any, n: Any) -> Dot:
         ri = _uint(r, "replica index")
@@ -314,15 +318,39 @@ class _Reader:
             if type(obj) is not list or len(obj) != 2:
                 raise _fail("a sequence must be [present, body]")
             seq = Sequence.from_cbor(obj[1], self.replicas, tag == TEXT)
+            if tag == LIST:  # (each item is stored whole: checked as a register's value)
+                for item in obj[1][6]:
+                    _check_json(item, self.max_depth)
             for r, s, e in seq.node_ranges():
                 rs = self.ctx.for_replica(r)
                 if rs is None or next(rs.missing(s, e), None) is not None:
                     raise _fail("sequence dots outside the context")
+                self.seq_ranges.setdefault(r, []).append((s, e))
             sst = self.doc._put_seq(path, seq)
             for d in self.dots(obj[0]):
                 self.add(d, path, PRESENT)
             if sst.is_empty():
                 raise _fail("empty sequence store")
+
+    def check_sequence_dots(self) -> None:
+        """Every dot names one thing: no sequence node shares its dot with another sequence's
+        node or with any other store's entry (one removal would drop both on one replica and
+        not on another, whose contexts are equal: they would never converge)."""
+        if not self.seq_ranges:
+            return
+        spans: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+        for r, ranges in self.seq_ranges.items():
+            ranges.sort()
+            for (_, e1), (s2, _) in itertools.pairwise(ranges):
+                if s2 <= e1:
+                    raise _fail(f"dot {(r, s2)} appears twice")
+            spans[r] = ([s for s, _ in ranges], ranges)
+        for r, n in self.doc._where:
+            found = spans.get(r)
+            if found is not None:
+                i = bisect.bisect_right(found[0], n) - 1
+                if i >= 0 and found[1][i][1] >= n:
+                    raise _fail(f"dot {(r, n)} appears twice")
 
 
 def _ctx_in(obj: Any, replicas: list[str]) -> CausalContext:
@@ -396,6 +424,7 @@ def document_from_cbor(obj: Any, max_depth: int = MAX_DEPTH) -> Document:
         raise _fail("replica table has duplicates")
     reader = _Reader(replicas, _ctx_in(obj[2], replicas), max_depth)
     reader.map(obj[3], ())
+    reader.check_sequence_dots()
     doc = reader.doc
     doc._reindex_seqs()
     return doc

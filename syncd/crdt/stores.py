@@ -57,13 +57,14 @@ def dot_order(dot: Dot) -> tuple[int, str]:
 _RANK = {type(None): 0, bool: 1, int: 2, float: 2, str: 3, list: 4, dict: 5}
 
 
-def element_order(key: str) -> tuple[int, Any]:
-    """Sort key of a set element given its canonical JSON text."""
+def element_order(key: str) -> tuple[int, Any, str]:
+    """Sort key of a set element given its canonical JSON text (equal numbers such as ``1``
+    and ``1.0`` are distinct elements: their text orders them)."""
     value = json.loads(key)
     rank = _RANK.get(type(value), 6)
     if rank >= 4 or rank == 0:
-        return (rank, key)
-    return (rank, value)
+        return (rank, key, key)
+    return (rank, value, key)
 
 
 class SetStore:

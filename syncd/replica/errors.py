@@ -6,6 +6,7 @@ which file to look at; none of them is ever answered by resetting the database.
 
 from __future__ import annotations
 
+from syncd.errors import InvalidDeltaError as InvalidDeltaError  # (shared with the sync engine)
 from syncd.errors import SyncdError
 
 
@@ -62,9 +63,3 @@ class InvalidKeyError(SyncdError):
     """A namespace name or document key that the store does not accept."""
 
     reason = "invalid_params"
-
-
-class InvalidDeltaError(SyncdError):
-    """A remote delta that fails validation; nothing of it was applied."""
-
-    reason = "invalid_delta"

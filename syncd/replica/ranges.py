@@ -160,8 +160,8 @@ def index_rows(
             if row[0] > hi:
                 return
             yield row
-        if len(rows) < batch:
-            return
+        if len(rows) < batch or rows[-1][1] >= hi:
+            return  # (also: a row may end at the largest counter, where no cursor goes past)
         cursor = rows[-1][1] + 1
 
 

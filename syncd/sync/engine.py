@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from syncd.crdt.codec import decode_document, encode_document
 from syncd.crdt.context import CausalContext
 from syncd.crdt.document import Document
-from syncd.errors import CodecError
+from syncd.errors import CodecError, InvalidDeltaError
 from syncd.sync.buffer import BufferedDelta, DeltaBuffer
 from syncd.sync.catchup import CatchUp
 from syncd.sync.errors import LocalProtocolError, RemoteProtocolError
@@ -230,7 +230,10 @@ class SyncEngine:
                     f"undecodable delta for {key!r}: {e}", reason="bad_delta"
                 ) from e
         self.deltas_received += len(batch)
-        new_parts = self.replica.apply_remote(msg.ns, batch, st.peer)
+        try:
+            new_parts = self.replica.apply_remote(msg.ns, batch, st.peer)
+        except InvalidDeltaError as e:
+            raise RemoteProtocolError(f"refused delta: {e}", reason="bad_delta") from e
         for _key, delta in batch:
             nst.known.update(delta.ctx)
             nst.told.update(delta.ctx)

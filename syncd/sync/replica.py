@@ -49,6 +49,8 @@ class SyncReplica(Protocol):
         should commit the batch in one transaction. Returns, for each delta that changed
         something, the part that was new (``delta.delta_since(ctx_before)``): the engine
         buffers only that part for relaying (Enes et al., "remove redundant state").
+        Raises :class:`syncd.errors.InvalidDeltaError`, with nothing of the batch applied,
+        for a delta it refuses (the engine closes the connection: ``bad_delta``).
         """
         ...
 
