@@ -303,3 +303,117 @@ def test_a_removal_relayed_ahead_of_the_change_it_removes_is_not_trusted_blindly
     delete(net, "a", "k")
     net.run_until_converged(NS, 40)
     assert net.nodes["c"].replica.render(NS) == {}
+
+
+# --- found by a fuzzing review: replicas with equal contexts that rendered differently -----
+
+
+def test_a_whole_document_delta_keeps_the_present_marker_of_a_list() -> None:
+    # delta_since placed a text's or list's nodes after its present marker, in a fresh store
+    # that dropped it: the context claimed the marker, no store held it. Emptied, the list
+    # then showed as [] on the writer and vanished on the peer that caught up.
+    from syncd.crdt.codec import decode_document
+
+    r = MemoryReplica("r")
+    r.patch(NS, "k", parse_ops([{"op": "make", "path": ["t"], "type": "text", "value": "xyz"}]))
+    doc = r.load(NS, "k")
+    assert doc is not None
+    part = doc.delta_since(CausalContext())
+    assert part is not None
+    assert set(decode_document(encode_document(part)).live_dots()) == set(doc.live_dots())
+    net = world("a", "b")
+    a = net.nodes["a"].replica
+    a.patch(NS, "k", parse_ops([{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}]))
+    net.link("a", "b", [NS])
+    settle(net)
+    d = a.patch(NS, "k", parse_ops([{"op": "delete", "path": ["l"], "index": 0, "count": 2}]))
+    net.nodes["a"].engine.local_change(NS, "k", d, net.now)
+    net.flush()
+    settle(net)
+    assert net.nodes["b"].replica.render(NS) == a.render(NS) == {"k": {"l": []}}
+
+
+def test_a_lost_group_is_not_counted_when_computing_what_a_peer_lacks() -> None:
+    # a's group carrying a new list to b is lost; a deletes the document, c edits the list
+    # concurrently. A delta computed against the lost group's dots omitted the list's nodes
+    # while its context claimed them: b could never place c's item (equal contexts, {}).
+    net = world("a", "b", "c")
+    net.link("a", "b", [NS])
+    net.link("a", "c", [NS])
+    for _ in range(3):
+        net.step()
+    send = net._send
+    dropped: list[Message] = []
+
+    def lossy(src: str, dst: str, msg: Message) -> None:
+        if (src, dst) == ("a", "b") and isinstance(msg, Deltas) and not dropped:
+            dropped.append(msg)
+            return
+        send(src, dst, msg)
+
+    net._send = lossy  # type: ignore[method-assign]
+
+    def patch(node: str, ops: list[Any]) -> None:
+        n = net.nodes[node]
+        d = n.replica.patch(NS, "k", parse_ops(ops))
+        n.engine.local_change(NS, "k", d, net.now)
+        net.flush_node(node)
+
+    patch("a", [{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}])
+    net.step()
+    assert dropped
+    n = net.nodes["a"]
+    n.engine.local_change(NS, "k", n.replica.delete(NS, "k"), net.now)
+    patch("c", [{"op": "set", "path": ["l", 0], "value": 9}])
+    net.flush_node("a")
+    for _ in range(60):  # several repair timeouts
+        net.step()
+    a, b, c = (net.nodes[x].replica for x in "abc")
+    assert a.context(NS) == b.context(NS) == c.context(NS)
+    assert a.render(NS) == b.render(NS) == c.render(NS) == {"k": {"l": [9]}}
+
+
+def test_relayed_entries_are_collected_once_everyone_has_them() -> None:
+    # Entries every peer skipped (it held them already) waited for some later ack.
+    net = world("a", "b", "c")
+    for x, y in ("ab", "bc", "ac"):
+        net.link(x, y, [NS])
+    settle(net)
+    net.local_write("a", NS, "k", {"v": 1})
+    for _ in range(100):
+        net.step()
+    assert net.converged(NS)
+    for name in "abc":
+        assert net.nodes[name].engine.acked_by(NS)[1] == []
+        assert len(net.nodes[name].engine.buffers.get(NS, [])) == 0, name
+
+
+def test_group_numbers_go_on_when_a_namespace_is_shared_again() -> None:
+    # SPEC §5.6 numbers groups per namespace and connection: after the peer unshares and
+    # shares again, a late ack of the old group 1 must not acknowledge a new group 1.
+    from syncd.sync.messages import Ack
+
+    rep = MemoryReplica("me")
+    e = SyncEngine(rep)
+    e.connect("p", {NS}, 0.0)
+    e.receive("p", Offer((NS,), True), 0.0)
+    e.next_messages("p", 0.0)
+    e.receive("p", Summary(NS, CausalContext(), 1), 0.1)
+    e.next_messages("p", 0.1)
+    e.local_change(NS, "x", rep.put(NS, "x", {"v": 1}), 0.2)
+    old = [m.n for m in e.next_messages("p", 0.2) if isinstance(m, Deltas)]
+    assert old == [1]
+    x_ctx = rep.context(NS).copy()
+    e.receive("p", Offer((), False), 0.3)  # the peer unshares ...
+    e.receive("p", Offer((NS,), False), 0.4)  # ... and shares again
+    e.receive("p", Summary(NS, x_ctx, 1), 0.5)  # it holds x
+    e.next_messages("p", 0.5)
+    e.local_change(NS, "y", rep.put(NS, "y", {"v": 2}), 0.6)
+    new = [
+        (m.n, [k for k, _ in m.entries]) for m in e.next_messages("p", 0.6) if isinstance(m, Deltas)
+    ]
+    assert new == [(2, ["y"])]
+    e.receive("p", Ack(NS, 1), 0.7)  # the late ack of the old group
+    assert e.acked_by(NS) == ([], ["p"])
+    e.receive("p", Ack(NS, 2), 0.8)
+    assert e.acked_by(NS) == (["p"], [])

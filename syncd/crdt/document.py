@@ -267,11 +267,8 @@ class Document:
             return None
         out = Document()
         out.ctx = self.ctx.copy()
-        for d, loc in self._where.items():
-            if d in seen:
-                out.ctx.remove_range(d[0], d[1], d[1])
-            else:
-                out._add_atom(d, loc, self._atom_value(d, loc))
+        # Sequences first, as the decoder places them: _put_seq makes a fresh store, which
+        # would drop a text's or list's present marker added before it.
         for path, sst in self._seqs.items():
             part = sst.seq.restricted(seen)
             if not part.is_bottom():
@@ -281,6 +278,11 @@ class Document:
                 if ranges is not None:
                     for os_, oe in ranges.overlapping(s, e):
                         out.ctx.remove_range(r, os_, oe)
+        for d, loc in self._where.items():
+            if d in seen:
+                out.ctx.remove_range(d[0], d[1], d[1])
+            else:
+                out._add_atom(d, loc, self._atom_value(d, loc))
         return out
 
     # -- local changes -----------------------------------------------------------------------

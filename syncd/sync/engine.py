@@ -153,9 +153,12 @@ class SyncEngine:
                 known=known or CausalContext(),
                 push_next=self._buffer(ns).next_seq,
                 request_due=True,
+                out_n=st.next_group.pop(ns, 1),
             )
         for ns in sorted(st.ns.keys() - active):
-            self._save(st, ns, st.ns.pop(ns), now)
+            nst = st.ns.pop(ns)
+            st.next_group[ns] = nst.out_n
+            self._save(st, ns, nst, now)
             self._gc(ns)
 
     # -- local changes ------------------------------------------------------------------------
@@ -212,10 +215,12 @@ class SyncEngine:
         nst.last_summary_received = now
         if msg.mode == EXCHANGE:
             nst.catch_up_due = True
-        # SPEC §5.3: send every document that holds a dot the summary lacks.
-        promised = nst.promised()
-        missing = self.replica.context(msg.ns).difference(promised)
-        nst.catch_up = CatchUp(missing, promised) if missing else None
+        # SPEC §5.3: send every document that holds a dot the summary lacks (and is not on its
+        # way), as what the peer lacks of it against what it is known to hold: a group in
+        # flight may be lost, and a delta computed against its dots would omit them while
+        # its context claims them.
+        missing = self.replica.context(msg.ns).difference(nst.promised())
+        nst.catch_up = CatchUp(missing, nst.known.copy()) if missing else None
 
     def _on_deltas(self, st: PeerState, msg: Deltas, now: float) -> None:
         nst = st.ns.get(msg.ns)
@@ -340,6 +345,7 @@ class SyncEngine:
             nst.ahead = {s for s in nst.ahead if s >= buf.first_seq}
             nst.request_due = True
         promised = nst.promised()
+        pushed_from = nst.push_next
         deltas: dict[str, tuple[Document, bytes | None]] = {}
         ctx = CausalContext()
         size = 0
@@ -375,7 +381,8 @@ class SyncEngine:
                     ctx.update(e.ctx)
                 else:
                     doc = self.replica.load(ns, e.key)
-                    part = doc.delta_since(promised) if doc is not None else None
+                    # (Against what it is known to hold: see _on_summary.)
+                    part = doc.delta_since(nst.known) if doc is not None else None
                     if part is not None:
                         deltas[e.key] = (part, None)
                         whole.add(e.key)
@@ -386,6 +393,8 @@ class SyncEngine:
             else:
                 nst.push_next = e.seq + 1
         if not deltas:
+            if nst.push_next != pushed_from:
+                self._gc(ns)  # (entries it skipped: no ack will come to release them)
             return None
         entries = tuple(
             (key, data if data is not None else encode_document(doc))

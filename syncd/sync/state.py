@@ -84,6 +84,10 @@ class PeerState:
     theirs: frozenset[str] | None = None
     """The namespaces it offered (None until its offer arrives)."""
     ns: dict[str, NsState] = field(default_factory=dict)
+    next_group: dict[str, int] = field(default_factory=dict)
+    """The number of the next ``deltas`` group of each namespace no longer active on this
+    connection (SPEC §5.6: numbers are per namespace and connection, so they go on where
+    they stopped if it is shared again: a late ack of an old group acknowledges no new one)."""
     offer_sent_at: float = float("-inf")
     offer_due: bool = True
     offer_reply: bool = True
