@@ -417,3 +417,20 @@ def test_group_numbers_go_on_when_a_namespace_is_shared_again() -> None:
     assert e.acked_by(NS) == ([], ["p"])
     e.receive("p", Ack(NS, 2), 0.8)
     assert e.acked_by(NS) == (["p"], [])
+
+
+def test_the_simulated_replica_refuses_what_the_store_refuses() -> None:
+    # MemoryReplica runs the store's checks (syncd.crdt.remote): a delta claiming the
+    # receiver's own dots closes the connection instead of making it reuse a dot.
+    from syncd.crdt import Document, DotCounter
+
+    net = world("a", "b")
+    net.link("a", "b", [NS])
+    settle(net)
+    b = net.nodes["b"]
+    forged = Document()
+    forged.put({"evil": 1}, DotCounter(b.replica.replica_id, 1))
+    with pytest.raises(RemoteProtocolError) as info:
+        b.engine.receive("a", Deltas(NS, 9, (("x", encode_document(forged)),)), net.now)
+    assert info.value.reason == "bad_delta"
+    assert b.replica.render(NS) == {}

@@ -25,6 +25,7 @@ from typing import Any
 
 from syncd.crdt import CausalContext, Document
 from syncd.crdt.ops import parse_ops
+from syncd.crdt.remote import check_remote_deltas
 from syncd.errors import InvalidOperation, PatchError, SyncdError
 from syncd.replica import directory, ranges, schema
 from syncd.replica.core import NamespaceState, StoreCore
@@ -164,37 +165,15 @@ class Store(StoreCore):
         return out
 
     def _validate(self, nss: NamespaceState | None, deltas: Sequence[tuple[str, Document]]) -> None:
-        """Refuse deltas that claim dots this replica never made or that belong elsewhere.
+        """Refuse deltas that claim dots this replica never made or that belong elsewhere
+        (:func:`syncd.crdt.remote.check_remote_deltas`)."""
 
-        A dot names one event in one document. A delta may not bring (a) dots of this
-        incarnation's replica id that are not already here (only this store makes them), or
-        (b) dots that the namespace already holds in another document. Every dot a delta's
-        stores hold must lie in its own context.
-        """
-        ns_ctx = self._ctx(nss) if nss is not None else CausalContext()
-        per_key: dict[str, CausalContext] = {}
-        for key, delta in deltas:
-            for d in delta.live_dots():
-                if d not in delta.ctx:
-                    raise InvalidDeltaError(f"delta for {key!r} holds a dot outside its context")
-            per_key.setdefault(key, CausalContext()).update(delta.ctx)
-        claimed = CausalContext()
-        for key, dctx in per_key.items():
+        def doc_ctx(key: str) -> CausalContext | None:
             entry = self._entry(nss, key, create=False) if nss is not None else None
-            new = dctx.difference(entry.doc.ctx) if entry is not None else dctx
-            if new.for_replica(self.replica_id) is not None:
-                raise InvalidDeltaError(
-                    f"delta for {key!r} claims dots of this replica that it never made"
-                )
-            for replica, lo, hi in new.ranges():
-                for other in (ns_ctx, claimed):
-                    rs = other.for_replica(replica)
-                    if rs is not None and next(rs.overlapping(lo, hi), None) is not None:
-                        raise InvalidDeltaError(
-                            f"delta for {key!r} holds dots of {replica} that belong to another "
-                            "document"
-                        )
-            claimed.update(new)
+            return entry.doc.ctx if entry is not None else None
+
+        ns_ctx = self._ctx(nss) if nss is not None else CausalContext()
+        check_remote_deltas(deltas, self.replica_id, ns_ctx, doc_ctx)
 
     # -- reads -------------------------------------------------------------------------------
 

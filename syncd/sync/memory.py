@@ -16,6 +16,7 @@ from typing import Any
 from syncd.crdt.context import CausalContext
 from syncd.crdt.document import Document
 from syncd.crdt.dots import DotCounter, ReplicaId
+from syncd.crdt.remote import check_remote_deltas
 from syncd.sync.replica import IndexRow
 
 
@@ -149,6 +150,12 @@ class MemoryReplica:
         self, ns: str, batch: Sequence[tuple[str, Document]], origin: str
     ) -> list[tuple[str, Document]]:
         n = self.namespace(ns)
+
+        def doc_ctx(key: str) -> CausalContext | None:
+            doc = n.docs.get(key)
+            return doc.ctx if doc is not None else None
+
+        check_remote_deltas(batch, self.replica_id, n.ctx, doc_ctx)
         out: list[tuple[str, Document]] = []
         for key, delta in batch:
             doc = n.docs.get(key)
