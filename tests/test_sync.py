@@ -13,7 +13,7 @@ from syncd.sync.engine import SyncConfig, SyncEngine
 from syncd.sync.errors import LocalProtocolError, RemoteProtocolError
 from syncd.sync.memory import MemoryReplica
 from syncd.sync.messages import Deltas, Message, Offer, Summary
-from syncd.sync.simulator import Network
+from syncd.sync.simulator import NetConfig, Network
 from syncd.sync.state import decode_peer_state
 
 NS = "notes"
@@ -434,3 +434,45 @@ def test_the_simulated_replica_refuses_what_the_store_refuses() -> None:
         b.engine.receive("a", Deltas(NS, 9, (("x", encode_document(forged)),)), net.now)
     assert info.value.reason == "bad_delta"
     assert b.replica.render(NS) == {}
+
+
+def test_a_restored_peer_gets_no_push_judged_against_what_it_held_before() -> None:
+    # b is restored from a backup (it no longer holds the "b" edit it once acknowledged);
+    # a writes again after the link comes back but before b's first summary. A delta judged
+    # against the context saved from the last connection claimed the "b" edit's removal of
+    # "a" without carrying it: b showed "ca", a "c", with equal contexts.
+    def run(steps_before_write: int) -> tuple[Any, Any]:
+        net = Network(random.Random(1), NetConfig(latency=1.0))
+        for name in "ab":
+            net.add_node(name)
+        net.link("a", "b", [NS])
+        for _ in range(5):
+            net.step()
+
+        def patch(ops: list[Any]) -> None:
+            n = net.nodes["a"]
+            n.engine.local_change(NS, "k", n.replica.patch(NS, "k", parse_ops(ops)), net.now)
+            net.flush_node("a")
+
+        patch([{"op": "make", "path": ["t"], "type": "text", "value": "a"}])
+        for _ in range(10):
+            net.step()
+        backup = net.nodes["b"].replica.clone("r-b-restored")
+        patch([{"op": "set", "path": ["t"], "value": "b"}])
+        for _ in range(10):
+            net.step()
+        assert net.nodes["b"].replica.render(NS) == {"k": {"t": "b"}}
+        net.partition("a", "b")
+        b = net.nodes["b"]
+        b.replica = backup
+        b.engine = SyncEngine(backup, net.sync)
+        net.heal("a", "b")
+        for _ in range(steps_before_write):
+            net.step(1.0)
+        patch([{"op": "set", "path": ["t"], "value": "c"}])
+        for _ in range(300):
+            net.step()
+        return net.nodes["a"].replica.render(NS), net.nodes["b"].replica.render(NS)
+
+    for steps in (2, 3):  # before and after b's first summary arrives
+        assert run(steps) == ({"k": {"t": "c"}}, {"k": {"t": "c"}})

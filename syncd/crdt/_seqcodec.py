@@ -10,24 +10,6 @@ from syncd.errors import CodecError
 if TYPE_CHECKING:
     from syncd.crdt.sequence import Sequence
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _is_json(v: Any) -> bool:
-    """True if ``v`` is a JSON value (list items are stored whole)."""
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, _SCALARS):
-            continue
-        if type(x) is list:
-            stack.extend(x)
-        elif type(x) is dict and all(type(k) is str for k in x):
-            stack.extend(x.values())
-        else:
-            return False
-    return True
-
 
 def encode(seq: Sequence, replica_index: dict[str, int]) -> Any:
     """See :meth:`Sequence.to_cbor`."""
@@ -99,8 +81,9 @@ def decode(obj: Any, replicas: list[str], is_text: bool) -> Sequence:
     if is_text:
         if type(values) is not str or len(values) != nlive:
             raise CodecError("bad sequence: text values do not match the live nodes")
-    elif type(values) is not list or len(values) != nlive or not all(map(_is_json, values)):
+    elif type(values) is not list or len(values) != nlive:
         raise CodecError("bad sequence: list values do not match the live nodes")
+    # (The items themselves are checked by the document codec, as register values are.)
     from syncd.crdt.sequence import Sequence
 
     seq = Sequence(is_text)

@@ -339,6 +339,12 @@ class SyncEngine:
         buf = self._buffer(ns)
         if nst.push_next >= buf.next_seq:
             return None
+        if not nst.had_summary:
+            # SPEC §5.2/§5.7: what the peer holds is known from its summary, which comes
+            # right after activation; the context saved from an earlier connection may be
+            # more than it holds (a peer restored from a backup), and a delta judged against
+            # it could claim removals without carrying what they removed.
+            return None
         if nst.push_next < buf.first_seq:
             # Entries this peer never got were trimmed: it catches up from its summary.
             nst.push_next = buf.first_seq
