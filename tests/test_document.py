@@ -712,3 +712,44 @@ def test_equal_numbers_in_a_set_render_in_one_order() -> None:
         doc.patch(parse_ops([{"op": "add", "path": ["s"], "value": first}]), DotCounter("b", 1))
         doc.patch(parse_ops([{"op": "add", "path": ["s"], "value": second}]), DotCounter("c", 1))
     assert json.dumps(one.render()) == json.dumps(other.render()) == '{"s": [1, 1.0]}'
+
+
+@pytest.mark.parametrize(
+    ("make", "write"),
+    [
+        ({"type": "text", "value": "hi"}, {"op": "insert", "path": ["f"], "index": 2, "text": "!"}),
+        ({"type": "counter", "value": 1}, {"op": "inc", "path": ["f"], "by": 1}),
+        ({"type": "set", "value": ["a"]}, {"op": "add", "path": ["f"], "value": "b"}),
+        ({"type": "set", "value": ["a"]}, {"op": "remove", "path": ["f"], "value": "a"}),
+        ({"type": "list", "value": [1]}, {"op": "delete", "path": ["f"], "index": 0, "count": 1}),
+        ({"type": "map", "value": {"a": 1}}, {"op": "set", "path": ["f", "b"], "value": 2}),
+        ({"type": "map", "value": {"a": 1}}, {"op": "del", "path": ["f", "a"]}),
+    ],
+)
+def test_the_next_write_to_a_field_replaces_its_concurrent_variants(
+    make: dict[str, Any], write: dict[str, Any]
+) -> None:
+    # One device makes f with a type, another concurrently sets f to a number: both variants
+    # are kept, one shown. The next write to f, whatever the op, replaces the hidden one,
+    # so that it cannot show again when the shown one is deleted.
+    a, b = Document(), Document()
+    ca, cb = DotCounter("a", 1), DotCounter("b", 1)
+    da = a.patch(parse_ops([{"op": "make", "path": ["f"], **make}]), ca)
+    db = b.patch(parse_ops([{"op": "set", "path": ["f"], "value": 5}]), cb)
+    a.join(db)
+    b.join(da)
+    assert len(b.root.fields["f"]) == 2
+    dw = b.patch(parse_ops([write]), cb)
+    a.join(dw)
+    assert list(b.root.fields["f"]) == list(a.root.fields["f"]) == [make["type"]]
+    # A third device that saw only the make deletes f concurrently: f is gone everywhere
+    # (or keeps what the write added, update-wins), and the 5 never comes back.
+    c = Document()
+    c.join(da)
+    dc = c.patch(parse_ops([{"op": "del", "path": ["f"]}]), DotCounter("c", 1))
+    for doc in (a, b):
+        doc.join(dc)
+    c.join(db)
+    c.join(dw)
+    assert a.render() == b.render() == c.render()
+    assert a.render().get("f") != 5

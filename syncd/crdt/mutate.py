@@ -326,6 +326,9 @@ class Change:
                         reason="invalid_path",
                     )
                 raise PatchError(f"{shown} is a {w[0]}, not a map", reason="type_mismatch")
+            if variants is not None and len(variants) > 1:
+                # A write inside the map replaces the field's other variants (as below).
+                self._remove_field(mp, name, keep=MAP)
             mp = (*mp, (name, MAP))
             m = w[1]
         return mp
@@ -359,6 +362,10 @@ class Change:
             return None
         if w[0] not in tags:
             raise _type_mismatch(path, w[0], what, tags)
+        if variants is not None and len(variants) > 1:
+            # Every caller writes to the field: its next write replaces the variants that
+            # concurrent creations of other types left (docs/data-model.md).
+            self._remove_field(mp, name, keep=w[0])
         return (*mp, (name, w[0]))
 
     # -- operations ----------------------------------------------------------------------
