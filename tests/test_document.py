@@ -754,3 +754,24 @@ def test_the_next_write_to_a_field_replaces_its_concurrent_variants(
     shown = a.render()
     assert shown == b.render() == c.render()
     assert shown is not None and shown.get("f") != 5
+
+
+def test_a_refused_patch_leaves_concurrent_variants_alone() -> None:
+    # Text and list edits are checked up front, without a snapshot: the check must not
+    # already replace the field's hidden variant when a later edit of the patch is refused.
+    a, b = Document(), Document()
+    da = a.patch(
+        parse_ops([{"op": "make", "path": ["f"], "type": "text", "value": "hi"}]),
+        DotCounter("a", 1),
+    )
+    b.patch(parse_ops([{"op": "set", "path": ["f"], "value": 5}]), DotCounter("b", 1))
+    b.join(da)
+    before = b.copy()
+    ops = [
+        {"op": "insert", "path": ["f"], "index": 0, "text": "x"},
+        {"op": "insert", "path": ["f"], "index": 99, "text": "y"},
+    ]
+    with pytest.raises(PatchError):
+        b.patch(parse_ops(ops), DotCounter("b", 2))
+    assert sorted(b.root.fields["f"]) == ["register", "text"]
+    assert b.ctx == before.ctx and b.render() == before.render()

@@ -326,9 +326,6 @@ class Change:
                         reason="invalid_path",
                     )
                 raise PatchError(f"{shown} is a {w[0]}, not a map", reason="type_mismatch")
-            if variants is not None and len(variants) > 1:
-                # A write inside the map replaces the field's other variants (as below).
-                self._remove_field(mp, name, keep=MAP)
             mp = (*mp, (name, MAP))
             m = w[1]
         return mp
@@ -342,6 +339,8 @@ class Change:
         if not isinstance(name, str):
             raise PatchError(f"path element {name!r} is not a field name", reason="invalid_path")
         mp = self._walk(path[:-1], create)
+        if mp is not None and create:  # (only writes create)
+            self._replace_variants(mp)
         return None if mp is None else (mp, name)
 
     def _existing(self, path: O.Path, tags: tuple[str, ...], what: str) -> FieldPath | None:
@@ -362,11 +361,25 @@ class Change:
             return None
         if w[0] not in tags:
             raise _type_mismatch(path, w[0], what, tags)
-        if variants is not None and len(variants) > 1:
-            # Every caller writes to the field: its next write replaces the variants that
-            # concurrent creations of other types left (docs/data-model.md).
-            self._remove_field(mp, name, keep=w[0])
         return (*mp, (name, w[0]))
+
+    def _written(self, path: O.Path, tags: tuple[str, ...], what: str) -> FieldPath | None:
+        """:meth:`_existing`, for an operation that writes to that field."""
+        found = self._existing(path, tags, what)
+        if found is not None:
+            self._replace_variants(found)
+        return found
+
+    def _replace_variants(self, path: FieldPath) -> None:
+        """A write at ``path`` replaces, at the field and at each map on the way, the
+        variants that concurrent creations of other types left there (docs/data-model.md:
+        the next write to the field from any device replaces every variant)."""
+        m = self.doc.root
+        for i, (name, tag) in enumerate(path):
+            variants = m.fields[name]
+            if len(variants) > 1:
+                self._remove_field(path[:i], name, keep=tag)
+            m = variants[tag]
 
     # -- operations ----------------------------------------------------------------------
 
@@ -397,10 +410,11 @@ class Change:
     def _apply_del(self, op: O.Del) -> None:
         loc = self._field(op.path, create=False)
         if loc is not None:
+            self._replace_variants(loc[0])
             self._remove_field(*loc)
 
     def _apply_inc(self, op: O.Inc) -> None:
-        path = self._existing(op.path, (COUNTER,), "inc")
+        path = self._written(op.path, (COUNTER,), "inc")
         if path is None:
             loc = self._field(op.path, create=True)
             assert loc is not None
@@ -409,7 +423,7 @@ class Change:
             self._inc(path, op.by)
 
     def _apply_add(self, op: O.Add) -> None:
-        path = self._existing(op.path, (SET,), "add")
+        path = self._written(op.path, (SET,), "add")
         if path is None:
             loc = self._field(op.path, create=True)
             assert loc is not None
@@ -421,14 +435,14 @@ class Change:
             self._add((path, key))
 
     def _apply_remove(self, op: O.Remove) -> None:
-        path = self._existing(op.path, (SET,), "remove")
+        path = self._written(op.path, (SET,), "remove")
         if path is not None:
             st: SetStore = self.doc._store_at(path)
             self._remove(list(st.elems.get(canonical(op.value), ())))
 
     def _apply_insert(self, op: O.Insert) -> None:
         tags, what = _INSERT_TEXT if type(op.items) is str else _INSERT_VALUES
-        path = self._existing(op.path, tags, what)
+        path = self._written(op.path, tags, what)
         if path is not None and op.index <= len(self.doc._seqs[path].seq):
             self._seq_insert(path, op.index, op.items)
             return
@@ -438,7 +452,7 @@ class Change:
         self._make(loc[0], loc[1], tags[0], op.items)
 
     def _apply_delete(self, op: O.Delete) -> None:
-        path = self._existing(op.path, *_DELETE)
+        path = self._written(op.path, *_DELETE)
         n = len(self.doc._seqs[path].seq) if path else None
         _check_bounds(op, n)
         assert path is not None  # _check_bounds refuses a missing field
@@ -447,7 +461,7 @@ class Change:
     def _apply_element(self, op: O.Op) -> None:
         index = op.path[-1]
         assert isinstance(index, int)
-        path = self._existing(op.path[:-1], (LIST,), "an index")
+        path = self._written(op.path[:-1], (LIST,), "an index")
         n = len(self.doc._seqs[path].seq) if path is not None else 0
         if path is None or index >= n:
             raise PatchError(
