@@ -45,6 +45,21 @@ def delete(net: Network, node: str, key: str) -> None:
     net.flush_node(node)
 
 
+def drop_first_group(net: Network, sender: str, receiver: str) -> list[Message]:
+    """Lose the next ``deltas`` group from ``sender`` to ``receiver`` (returned once lost)."""
+    send = net._send
+    dropped: list[Message] = []
+
+    def lossy(src: str, dst: str, msg: Message) -> None:
+        if (src, dst) == (sender, receiver) and isinstance(msg, Deltas) and not dropped:
+            dropped.append(msg)
+            return
+        send(src, dst, msg)
+
+    net._send = lossy  # type: ignore[method-assign]
+    return dropped
+
+
 def test_two_peers_converge_both_ways_and_pushes_take_one_hop() -> None:
     net = world("a", "b")
     net.link("a", "b", [NS])
@@ -287,16 +302,7 @@ def test_a_removal_relayed_ahead_of_the_change_it_removes_is_not_trusted_blindly
     settle(net)
     net.local_write("b", NS, "k", {"v": 0})
     net.run_until_converged(NS, 10)
-    send = net._send
-    dropped: list[Message] = []
-
-    def lossy(src: str, dst: str, msg: Message) -> None:
-        if (src, dst) == ("b", "c") and isinstance(msg, Deltas) and not dropped:
-            dropped.append(msg)
-            return
-        send(src, dst, msg)
-
-    net._send = lossy  # type: ignore[method-assign]
+    dropped = drop_first_group(net, "b", "c")
     net.local_write("b", NS, "k", {"v": 1})
     net.step()
     assert dropped
@@ -326,9 +332,7 @@ def test_a_whole_document_delta_keeps_the_present_marker_of_a_list() -> None:
     a.patch(NS, "k", parse_ops([{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}]))
     net.link("a", "b", [NS])
     settle(net)
-    d = a.patch(NS, "k", parse_ops([{"op": "delete", "path": ["l"], "index": 0, "count": 2}]))
-    net.nodes["a"].engine.local_change(NS, "k", d, net.now)
-    net.flush()
+    patch(net, "a", "k", [{"op": "delete", "path": ["l"], "index": 0, "count": 2}])
     settle(net)
     assert net.nodes["b"].replica.render(NS) == a.render(NS) == {"k": {"l": []}}
 
@@ -340,32 +344,13 @@ def test_a_lost_group_is_not_counted_when_computing_what_a_peer_lacks() -> None:
     net = world("a", "b", "c")
     net.link("a", "b", [NS])
     net.link("a", "c", [NS])
-    for _ in range(3):
-        net.step()
-    send = net._send
-    dropped: list[Message] = []
-
-    def lossy(src: str, dst: str, msg: Message) -> None:
-        if (src, dst) == ("a", "b") and isinstance(msg, Deltas) and not dropped:
-            dropped.append(msg)
-            return
-        send(src, dst, msg)
-
-    net._send = lossy  # type: ignore[method-assign]
-
-    def patch(node: str, ops: list[Any]) -> None:
-        n = net.nodes[node]
-        d = n.replica.patch(NS, "k", parse_ops(ops))
-        n.engine.local_change(NS, "k", d, net.now)
-        net.flush_node(node)
-
-    patch("a", [{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}])
+    settle(net)
+    dropped = drop_first_group(net, "a", "b")
+    patch(net, "a", "k", [{"op": "make", "path": ["l"], "type": "list", "value": [1, 2]}])
     net.step()
     assert dropped
-    n = net.nodes["a"]
-    n.engine.local_change(NS, "k", n.replica.delete(NS, "k"), net.now)
-    patch("c", [{"op": "set", "path": ["l", 0], "value": 9}])
-    net.flush_node("a")
+    delete(net, "a", "k")
+    patch(net, "c", "k", [{"op": "set", "path": ["l", 0], "value": 9}])
     for _ in range(60):  # several repair timeouts
         net.step()
     a, b, c = (net.nodes[x].replica for x in "abc")
@@ -449,16 +434,11 @@ def test_a_restored_peer_gets_no_push_judged_against_what_it_held_before() -> No
         for _ in range(5):
             net.step()
 
-        def patch(ops: list[Any]) -> None:
-            n = net.nodes["a"]
-            n.engine.local_change(NS, "k", n.replica.patch(NS, "k", parse_ops(ops)), net.now)
-            net.flush_node("a")
-
-        patch([{"op": "make", "path": ["t"], "type": "text", "value": "a"}])
+        patch(net, "a", "k", [{"op": "make", "path": ["t"], "type": "text", "value": "a"}])
         for _ in range(10):
             net.step()
         backup = net.nodes["b"].replica.clone("r-b-restored")
-        patch([{"op": "set", "path": ["t"], "value": "b"}])
+        patch(net, "a", "k", [{"op": "set", "path": ["t"], "value": "b"}])
         for _ in range(10):
             net.step()
         assert net.nodes["b"].replica.render(NS) == {"k": {"t": "b"}}
@@ -469,7 +449,7 @@ def test_a_restored_peer_gets_no_push_judged_against_what_it_held_before() -> No
         net.heal("a", "b")
         for _ in range(steps_before_write):
             net.step(1.0)
-        patch([{"op": "set", "path": ["t"], "value": "c"}])
+        patch(net, "a", "k", [{"op": "set", "path": ["t"], "value": "c"}])
         for _ in range(300):
             net.step()
         return net.nodes["a"].replica.render(NS), net.nodes["b"].replica.render(NS)
