@@ -296,3 +296,10 @@ def test_the_daemon_socket_ignores_the_client_override(tmp_path: Path) -> None:
         None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1"}, socket="/s"
     )
     assert xdg.daemon_socket == Path("/run/user/1/syncd/syncd.sock")
+
+
+def test_the_dataclass_defaults_are_the_keys_defaults() -> None:
+    # A missing file gives Config's own defaults; a file gives KEYS': they must agree.
+    from syncd.config import Config
+
+    assert config_from_mapping({"name": "x"}) == Config(name="x")
