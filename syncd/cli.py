@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any, NoReturn
 
 from syncd import __version__, jsontext
@@ -310,8 +309,8 @@ def _note(text: str) -> None:
 
 def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     """``syncd init``."""
-    from syncd.daemon.run import prepare_home
-    from syncd.identity import identity_exists, load_identity
+    from syncd.daemon.run import home_setup_lock, make_private_dir
+    from syncd.identity import identity_exists
 
     listen = "0.0.0.0:7400" if args.listen is None else args.listen
     try:
@@ -319,35 +318,54 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     except ValueError as exc:
         raise UsageError(f"--listen {listen!r}: {exc}") from None
     name = default_name() if args.name is None else _device_name(args.name, "--name")
-    if identity_exists(paths.state_dir):
-        # Run again: nothing changes, except what an init cut short (a full disk) left
-        # unmade; done before anything is printed, so that a failure is not told as success.
-        identity = load_identity(paths.state_dir)
-        config_file = paths.config_file
-        had_config = config_file.exists() or config_file.is_symlink()  # (a dangling link)
-        completed = []
-        if identity.certificate_reissued:
-            completed.append(f"re-issued the certificate {identity.cert_path} from the key")
-        if not had_config:
-            _write_config(paths, name, listen)
-            completed.append(f"wrote the missing {config_file}")
-        if not paths.database.exists():
-            _create_database(paths)
-            completed.append(f"created the missing database {paths.database}")
-        if args.json:
-            print_json({"device_id": identity.device_id, "created": False})
+    if not identity_exists(paths.state_dir):
+        if paths.config_file.exists():
+            load_config(paths.config_file)  # a bad hand-written file stops us before anything
+        make_private_dir(paths.state_dir, report=_note)
+    with home_setup_lock(paths):  # (another init, or a first `run`, may be making it now)
+        if identity_exists(paths.state_dir):
+            return _init_again(args, paths, name, listen)
+        return _init_new(args, paths, name, listen)
+
+
+def _init_again(args: argparse.Namespace, paths: Paths, name: str, listen: str) -> int:
+    """``syncd init`` on an initialized home."""
+    from syncd.identity import load_identity
+
+    # Run again: nothing changes, except what an init cut short (a full disk) left
+    # unmade; done before anything is printed, so that a failure is not told as success.
+    identity = load_identity(paths.state_dir)
+    config_file = paths.config_file
+    had_config = config_file.exists() or config_file.is_symlink()  # (a dangling link)
+    completed = []
+    if identity.certificate_reissued:
+        completed.append(f"re-issued the certificate {identity.cert_path} from the key")
+    if not had_config:
+        _write_config(paths, name, listen)
+        completed.append(f"wrote the missing {config_file}")
+    if not paths.database.exists():
+        _create_database(paths)
+        completed.append(f"created the missing database {paths.database}")
+    if args.json:
+        print_json({"device_id": identity.device_id, "created": False})
+    else:
+        write(identity.device_id + "\n")
+    done = "; ".join(completed) or "nothing changed"
+    sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; {done}\n")
+    if had_config:
+        try:
+            current = load_config(config_file)
+        except ConfigError as exc:  # init leaves it be; `run` is what it stops
+            _note(f"warning: {exc}; `syncd run` refuses to start until it is fixed")
         else:
-            write(identity.device_id + "\n")
-        done = "; ".join(completed) or "nothing changed"
-        sys.stderr.write(f"syncd: already initialized in {paths.state_dir}; {done}\n")
-        if had_config:
-            try:
-                current = load_config(config_file)
-            except ConfigError as exc:  # init leaves it be; `run` is what it stops
-                _note(f"warning: {exc}; `syncd run` refuses to start until it is fixed")
-            else:
-                _not_applied(args, paths, current)
-        return EXIT_OK
+            _not_applied(args, paths, current)
+    return EXIT_OK
+
+
+def _init_new(args: argparse.Namespace, paths: Paths, name: str, listen: str) -> int:
+    """``syncd init`` on a home without an identity."""
+    from syncd.daemon.run import prepare_home
+
     kept: Config | None = None
     if paths.config_file.exists():  # a hand-written file; a bad one stops us before anything
         kept = load_config(paths.config_file)
@@ -377,7 +395,7 @@ def _write_config(paths: Paths, name: str, listen: str) -> None:
 def _create_database(paths: Paths) -> None:
     """Make the (empty) database with the identity: a home whose identity has no database
     is one whose database was lost, which `syncd run` then warns about."""
-    from syncd.replica import DatabaseLockedError, Store  # here: slow to import
+    from syncd.daemon.run import create_database
 
     # What the store logs (a write-ahead log it set aside) is told as the CLI tells things.
     said = logging.StreamHandler(sys.stderr)
@@ -385,8 +403,7 @@ def _create_database(paths: Paths) -> None:
     store_log = logging.getLogger("syncd.replica")
     store_log.addHandler(said)
     try:
-        with suppress(DatabaseLockedError):  # a daemon started on this home meanwhile made it
-            Store(paths.database).close()
+        create_database(paths)
     finally:
         store_log.removeHandler(said)
 

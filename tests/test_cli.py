@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+import syncd.daemon.run
+import syncd.identity
 from syncd.cli import main
 from syncd.daemon.unixsock import bind_unix
 from syncd.deviceid import format_device_id
@@ -95,6 +98,48 @@ def test_init_and_id_need_no_daemon(run: Run, tmp_path: Path) -> None:
     status, out, err = run("--home", home, "--json", "init")
     assert (status, json.loads(out)) == (0, {"device_id": device_id, "created": False})
     assert "already initialized" in err  # said on stderr with --json too
+
+
+def test_init_makes_the_identity_and_database_under_the_home_setup_lock(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two inits, or an init and a first `run`, started together on a new home make one
+    identity: each makes the key and the database only while it holds the state directory's
+    flock (a test that they race: tests/test_daemon_process.py)."""
+    home = tmp_path / "h"
+
+    def held() -> bool:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    seen: list[tuple[str, bool]] = []
+    create_identity, create_database = (
+        syncd.identity.create_identity,
+        syncd.daemon.run.create_database,
+    )
+
+    def making_identity(state_dir: Path) -> syncd.identity.Identity:
+        seen.append(("identity", held()))
+        return create_identity(state_dir)
+
+    def making_database(paths: Any) -> None:
+        seen.append(("database", held()))
+        create_database(paths)
+
+    monkeypatch.setattr(syncd.identity, "create_identity", making_identity)
+    monkeypatch.setattr(syncd.daemon.run, "create_database", making_database)
+    device_id = ok(run("--home", str(home), "init")).strip()
+    assert seen == [("identity", True), ("database", True)]
+    assert not held()  # released
+    (home / "syncd.db").unlink()
+    assert ok(run("--home", str(home), "init")).strip() == device_id  # completes it, locked too
+    assert seen[2:] == [("database", True)]
 
 
 def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import pytest
 from syncd.client import Client
 from syncd.daemon.held_signals import HELD, hold_signals, take_held_signals
 from tests.daemon_harness import (
+    START_TIMEOUT_S,
     DaemonProcess,
     RawConn,
     cannot_run,
@@ -136,6 +137,39 @@ def test_first_run_initializes_the_home(home: Path) -> None:
             check=True,
         )
         assert out.stdout.strip() == d.call("status")["device_id"]
+
+
+def test_inits_and_a_first_run_started_together_make_one_identity(home: Path) -> None:
+    """`syncd init` five times and a first `syncd run`, all at once on a new home: every init
+    prints the one device ID there is, and the daemon does not take the home it races to
+    make for one whose database was lost (two inits at once made two keys, one printing a
+    device ID that no longer existed)."""
+    d = DaemonProcess(home)
+    inits: list[subprocess.Popen[str]] = []
+    try:
+        d.start(wait_ready=False)
+        inits = [
+            subprocess.Popen(
+                [sys.executable, "-m", "syncd", "--home", str(home), "init"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(5)
+        ]
+        said = [p.communicate(timeout=START_TIMEOUT_S) for p in inits]
+        d.wait_ready()
+        device_id = d.call("status")["device_id"]
+        for p, (out, err) in zip(inits, said, strict=True):
+            assert (p.returncode, out.strip()) == (0, device_id), err
+        assert "no database" not in d.stderr(), d.stderr()
+        assert d.stop() == 0
+    finally:
+        for p in inits:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        d.close()
 
 
 def test_single_instance_and_stale_socket(home: Path) -> None:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -98,6 +98,37 @@ class InstanceLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@contextlib.contextmanager
+def home_setup_lock(paths: Paths) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the state directory (which must exist) while a home is
+    made or checked: ``syncd init`` holds it throughout, ``syncd run`` while it loads or
+    creates the identity, config and database. So two of them started at once on a new home
+    make one identity (not one each, with a device ID printed that no longer exists), and
+    neither takes the other's half-made home for one whose database was lost.
+
+    It waits for the other holder, which keeps it for the time it takes to make a key and an
+    empty database.
+    """
+    try:
+        fd = os.open(paths.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DaemonError(f"cannot open {paths.state_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def create_database(paths: Paths) -> None:
+    """Make the home's (empty) database unless a daemon holds it open (it exists then)."""
+    from syncd.replica import DatabaseLockedError  # slow to import
+    from syncd.replica import Store as Replica
+
+    with contextlib.suppress(DatabaseLockedError):
+        Replica(paths.database).close()
 
 
 class Settings:
@@ -230,21 +261,24 @@ async def run_daemon(
                 load_config(paths.config_file)  # a bad file stops us before anything is created
             make_private_dir(paths.state_dir)
             lock.acquire()
-            identity, created = prepare_home(paths)
-            if not created and not paths.database.exists():
-                log.warning(
-                    "no database at %s although this home has an identity: starting with an "
-                    "empty one (if this device had documents, stop syncd and restore %s from "
-                    "a backup)",
-                    paths.database,
-                    paths.database.name,
-                )
-            if created:
-                log.info("created identity %s in %s", identity.device_id, paths.state_dir)
-                try:
-                    write_initial_config(paths, default_name(), "0.0.0.0:7400")
-                except DaemonError as exc:
-                    log.info("%s; running with the default settings", exc)
+            with home_setup_lock(paths):
+                identity, created = prepare_home(paths)
+                if not paths.database.exists():
+                    if not created:
+                        log.warning(
+                            "no database at %s although this home has an identity: starting "
+                            "with an empty one (if this device had documents, stop syncd and "
+                            "restore %s from a backup)",
+                            paths.database,
+                            paths.database.name,
+                        )
+                    create_database(paths)  # before an `init` waiting for the lock looks
+                if created:
+                    log.info("created identity %s in %s", identity.device_id, paths.state_dir)
+                    try:
+                        write_initial_config(paths, default_name(), "0.0.0.0:7400")
+                    except DaemonError as exc:
+                        log.info("%s; running with the default settings", exc)
             config = load_config(paths.config_file)
             if config.source is None and not created:
                 log.info("no config file at %s: using the defaults", paths.config_file)
