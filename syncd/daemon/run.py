@@ -340,6 +340,12 @@ async def _serve(
                     identity.device_id,
                     socket_path,
                 )
+                log.info(
+                    "connections to other devices are not in this version yet: trust and "
+                    "share settings are kept, but no data is exchanged, and the listen "
+                    "address %s is not opened",
+                    settings.config.listen,
+                )
                 notifier.ready(_summary(identity, socket_path))
                 nursery.start_soon(notifier.watchdog)
                 stream = _signals(take_held_signals(), signals)
