@@ -286,6 +286,8 @@ def _json_type(value: Any) -> str:
 
 def _device_name(text: str, option: str) -> str:
     """A device name as config.toml accepts it: 1-256 printable characters."""
+    if jsontext.has_lone_surrogate(text):  # bytes that are not UTF-8, escaped by Python
+        raise UsageError(f"{option} is not valid UTF-8 text")
     try:
         return check_device_name(text)
     except ValueError as exc:

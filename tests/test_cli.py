@@ -616,6 +616,17 @@ def test_bad_addresses_and_names_are_usage_errors(
     assert not (tmp_path / "h").exists()
 
 
+@pytest.mark.parametrize("command", [["init"], ["trust", OTHER]])
+def test_a_name_of_bytes_that_are_not_utf8_is_said_to_be_so(
+    run: Run, tmp_path: Path, command: list[str]
+) -> None:
+    """A byte that is not UTF-8 in the arguments reaches Python as a lone surrogate: the
+    error says what the user gave, not which escape Python made of it."""
+    name = os.fsdecode(b"lap\x85")
+    status, _out, err = run("--home", str(tmp_path / "h"), *command, "--name", name)
+    assert (status, err) == (2, "syncd: --name is not valid UTF-8 text\n")
+
+
 def test_init_keeps_an_existing_config_and_says_so(run: Run, tmp_path: Path) -> None:
     home = tmp_path / "h"
     home.mkdir(mode=0o700)
