@@ -64,11 +64,16 @@ def print_json(obj: Any) -> None:
     write(json_text(obj) + "\n")
 
 
-def shown(name: str) -> str:
+def shown(name: str, *, cell: bool = False) -> str:
     """A key or namespace name for human output, one line and unambiguous: as it is, unless
-    it holds a control or line-separator character or starts with ``"``; then as a JSON string
-    (so a name shown quoted always starts with ``"``, and ``--json`` output is exact anyway)."""
-    if name.startswith('"') or any(c < " " or ord(c) in _ESCAPED for c in name):
+    it holds a control or line-separator character or starts with ``"`` (or, in a ``cell``
+    of a table, holds any white space); then as a JSON string (so a name shown quoted always
+    starts with ``"``, and ``--json`` output is exact anyway)."""
+    if (
+        name.startswith('"')
+        or any(c < " " or ord(c) in _ESCAPED for c in name)
+        or (cell and any(c.isspace() for c in name))
+    ):
         return json_text(name)  # (C0 controls JSON escapes itself; _ESCAPED the others)
     return name
 
@@ -172,7 +177,10 @@ def _namespaces(r: dict[str, Any]) -> str:
     items = r.get("namespaces") or []
     if not items:
         return "no namespaces"
-    rows = [[shown(n["ns"]), str(n["documents"]), ", ".join(n["devices"]) or "-"] for n in items]
+    rows = [
+        [shown(n["ns"], cell=True), str(n["documents"]), ", ".join(n["devices"]) or "-"]
+        for n in items
+    ]
     return _table(rows, ["NAMESPACE", "DOCUMENTS", "SHARED WITH"])
 
 

@@ -270,6 +270,11 @@ def test_human_listing_shows_odd_names_on_one_line_each(run: Run, daemon: Daemon
     assert len(got.splitlines()) == 1
     ns_lines = ok(run(*h, "ns")).splitlines()
     assert any(line.startswith('"odd\\nns"') for line in ns_lines), ns_lines
+    # In the table's first column, a name with a space is quoted too (else where would it end?)
+    ok(run(*h, "put", "sp ace", "k", "{}"))
+    ns_lines = ok(run(*h, "ns")).splitlines()
+    assert any(line.startswith('"sp ace"  ') for line in ns_lines), ns_lines
+    assert ok(run(*h, "ls", "sp ace")) == "k\n"
 
 
 def test_documents(run: Run, daemon: DaemonProcess) -> None:
