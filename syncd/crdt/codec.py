@@ -108,7 +108,7 @@ class _Index(dict[str, int]):
 
 def _dots_out(dots: Any, idx: _Index) -> list[int]:
     out: list[int] = []
-    for r, n in sorted(dots, key=lambda d: (d[0], d[1])):
+    for r, n in sorted(dots):  # (dots are (replica, counter) tuples: that order)
         out += (idx[r], n)
     return out
 
@@ -131,17 +131,27 @@ def _canonical_value(v: Any) -> Any:
 
 def _map_out(m: MapStore, idx: _Index) -> list[Any]:
     fields: dict[str, dict[str, Any]] = {}
-    for name in sorted(m.fields, key=_key_order):
-        variants = m.fields[name]
-        fields[name] = {
-            _TAGS[tag]: _store_out(tag, variants[tag], idx)
-            for tag in sorted(variants, key=_TAGS.__getitem__)
-        }
+    names = m.fields
+    # (Every write re-encodes its document: the common cases, one field or one type, skip
+    # their sorts.)
+    for name in sorted(names, key=_key_order) if len(names) > 1 else names:
+        variants = names[name]
+        if len(variants) == 1:
+            for tag, st in variants.items():
+                fields[name] = {_TAGS[tag]: _store_out(tag, st, idx)}
+        else:
+            fields[name] = {
+                _TAGS[tag]: _store_out(tag, variants[tag], idx)
+                for tag in sorted(variants, key=_TAGS.__getitem__)
+            }
     return [_dots_out(m.present, idx), fields]
 
 
 def _store_out(tag: str, st: Any, idx: _Index) -> Any:
     if tag in (REGISTER, COUNTER):
+        if len(st) == 1:  # no concurrent values: no sort
+            for d, v in st.items():
+                return [idx[d[0]], d[1], _canonical_value(v)]
         out: list[Any] = []
         for d in sorted(st):
             out += (idx[d[0]], d[1], _canonical_value(st[d]))
