@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -140,6 +141,18 @@ def test_init_makes_the_identity_and_database_under_the_home_setup_lock(
     (home / "syncd.db").unlink()
     assert ok(run("--home", str(home), "init")).strip() == device_id  # completes it, locked too
     assert seen[2:] == [("database", True)]
+
+
+def test_init_on_a_file_system_without_locks_says_so(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    home = tmp_path / "h"
+    fails(run("--home", str(home), "init"), 1, f"cannot lock {home}: No locks available")
+    assert not (home / "key.pem").exists()
 
 
 def test_init_again_writes_a_config_that_is_missing(run: Run, tmp_path: Path) -> None:

@@ -116,7 +116,10 @@ def home_setup_lock(paths: Paths) -> Iterator[None]:
     except OSError as exc:
         raise DaemonError(f"cannot open {paths.state_dir}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # (a file system without locks)
+            raise DaemonError(f"cannot lock {paths.state_dir}: {exc.strerror}") from None
         yield
     finally:
         os.close(fd)  # (releases the lock)
