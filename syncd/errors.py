@@ -40,6 +40,9 @@ class PatchError(SyncdError):
     """
 
     reason = "invalid_path"
+    document_changed = False
+    """Set when the document was changed before the error was found (a bug: a refused change
+    must change nothing): its holder must discard it and load it again."""
 
 
 class InvalidOperation(SyncdError):

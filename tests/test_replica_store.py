@@ -130,6 +130,38 @@ def test_dot_counter_resumes_from_the_committed_context(db: Path) -> None:
     assert check_database(db) == []
 
 
+@pytest.mark.parametrize("ops", [[{"op": "set", "path": ["n"], "value": 2}], "put"])
+def test_a_refusal_found_after_the_document_changed_reloads_it(
+    db: Path, ops: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should the engine refuse a change only after changing the document (a bug, which the
+    model test of tests/test_document_model.py found twice), the store must not keep that
+    half-made change and give its dots out again: the document is reloaded as stored."""
+    from syncd.crdt import mutate
+
+    finish = mutate.Change._finish
+
+    def refuse_late(change: mutate.Change, existed: bool) -> Document:
+        monkeypatch.setattr(mutate.Change, "_finish", finish)  # once
+        raise PatchError("refused late", reason="too_large")
+
+    with Store(db) as s:
+        s.apply_local("ns", "k", Put({"n": 1, "t": "x"}))
+        before, ctx = s.document("ns", "k"), s.context("ns")
+        monkeypatch.setattr(mutate.Change, "_finish", refuse_late)
+        write = Put({"n": 2, "t": "x"}) if ops == "put" else Patch(ops)
+        with pytest.raises(PatchError) as info:
+            s.apply_local("ns", "k", write)
+        assert info.value.document_changed
+        assert "a refused change to 'k' had changed it; reloading it" in caplog.text
+        assert s.document("ns", "k") == before
+        assert s.context("ns") == ctx
+        s.apply_local("ns", "k", Put({"n": 3, "t": "x"}))
+    with Store(db) as s:  # (the dots of the late refusal were taken again: no duplicate)
+        assert s.get("ns", "k").value == {"n": 3, "t": "x"}
+    assert check_database(db) == []
+
+
 def test_failed_patch_changes_nothing(db: Path) -> None:
     with Store(db) as s:
         s.apply_local("ns", "k", Put({"t": "x"}))

@@ -15,7 +15,7 @@ change carries a fresh dot").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from syncd.crdt import stores
@@ -35,6 +35,7 @@ from syncd.crdt.stores import (
     SeqStore,
     SetStore,
 )
+from syncd.errors import PatchError
 
 Step = tuple[str, str]
 """One step down a document: (field name, type tag)."""
@@ -289,7 +290,7 @@ class Document:
 
     def put(self, value: dict[str, Any], counter: DotCounter) -> Document:
         """Make the document equal to ``value`` with the finest-grained changes; the delta."""
-        return Change(self, counter).put_document(value)
+        return _changed_or_not(Change(self, counter), lambda c: c.put_document(value))
 
     def patch(self, ops: list[Any], counter: DotCounter) -> Document:
         """Apply parsed operations (:func:`syncd.crdt.ops.parse_ops`) atomically; the delta.
@@ -297,7 +298,7 @@ class Document:
         Raises :class:`~syncd.errors.PatchError` and leaves the document unchanged if any
         operation does not apply.
         """
-        return Change(self, counter).patch(ops)
+        return _changed_or_not(Change(self, counter), lambda c: c.patch(ops))
 
     def delete(self, counter: DotCounter) -> Document:
         """Delete the document (an empty delta if it does not exist)."""
@@ -308,6 +309,16 @@ class Document:
         self.ctx = snapshot.ctx
         self._where = snapshot._where
         self._seqs = snapshot._seqs
+
+
+def _changed_or_not(change: Change, apply: Callable[[Change], Document]) -> Document:
+    """``apply(change)``; a :class:`PatchError` it raises says whether the document changed
+    (``document_changed``: the change's delta is not empty, so the refusal was not atomic)."""
+    try:
+        return apply(change)
+    except PatchError as exc:
+        exc.document_changed = not change.delta.is_bottom()
+        raise
 
 
 def atoms_under(doc: Document, path: FieldPath) -> list[Dot]:

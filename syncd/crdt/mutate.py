@@ -243,8 +243,8 @@ class Change:
         elif tag == COUNTER and is_int(value) and self._counter_can_show(st, value):
             self._remove_field(mp, name, keep=tag)
             by = value - sum(st.values())
-            if by:
-                self._inc(path, by)
+            if by:  # (the share then shows value - others, which _counter_can_show checked)
+                self._inc(path, self._own_total(path) + by)
         elif tag == REGISTER and (
             not isinstance(value, dict) or any(type(v) is dict for v in st.values())
         ):
@@ -279,13 +279,17 @@ class Change:
         others = sum(v for d, v in st.items() if d[0] != r)
         return O.COUNTER_MIN <= value - others <= O.COUNTER_MAX
 
-    def _inc(self, path: FieldPath, by: int) -> None:
+    def _own_total(self, path: FieldPath) -> int:
+        """This device's share of the counter at ``path``."""
         st = self.doc._store_at(path)
         r = self.counter.replica
-        mine = [d for d in st if d[0] == r]
-        total = sum(st[d] for d in mine) + by
-        _check_counter(total)
-        self._remove(mine)
+        return sum(v for d, v in st.items() if d[0] == r)
+
+    def _inc(self, path: FieldPath, total: int) -> None:
+        """Make this device's share of the counter at ``path`` ``total`` (checked)."""
+        st = self.doc._store_at(path)
+        r = self.counter.replica
+        self._remove([d for d in st if d[0] == r])
         self._add((path, None), total)
 
     # -- resolving operation paths -----------------------------------------------------------
@@ -307,11 +311,7 @@ class Change:
             if w is None:
                 if not create:
                     return None
-                for rest in names[i:]:
-                    if not isinstance(rest, str):
-                        raise PatchError(
-                            f"path element {rest!r} is not a field name", reason="invalid_path"
-                        )
+                _check_field_names(names[i:])
                 for rest in names[i:]:
                     self._make(mp, rest, MAP, {})
                     mp = (*mp, (rest, MAP))
@@ -337,11 +337,19 @@ class Change:
             raise PatchError("this operation needs a field path", reason="invalid_path")
         name = path[-1]
         if not isinstance(name, str):
+            # What the index points into says why: a map or a field of another type than a
+            # list (type_mismatch), a list item (invalid_path: items hold values only).
+            self._walk(path, create=False)
             raise PatchError(f"path element {name!r} is not a field name", reason="invalid_path")
         mp = self._walk(path[:-1], create)
         if mp is not None and create:  # (only writes create)
             self._replace_variants(mp)
         return None if mp is None else (mp, name)
+
+    def _check_creatable(self, path: O.Path) -> None:
+        """Raise what ``_field(path, create=True)`` would raise, changing nothing."""
+        if self._field(path, create=False) is None:
+            _check_field_names(path)
 
     def _existing(self, path: O.Path, tags: tuple[str, ...], what: str) -> FieldPath | None:
         """The shown variant of the field at ``path`` if it exists (checked against ``tags``)."""
@@ -393,6 +401,9 @@ class Change:
 
     def _apply_make(self, op: O.Make) -> None:
         value = op.value if op.has_value else _DEFAULTS[op.type]
+        if op.type == COUNTER:  # checked before the path's missing maps are made
+            self._check_creatable(op.path)
+            _check_counter(value)
         loc = self._field(op.path, create=True)
         assert loc is not None
         self._make(loc[0], loc[1], op.type, value)
@@ -414,13 +425,18 @@ class Change:
             self._remove_field(*loc)
 
     def _apply_inc(self, op: O.Inc) -> None:
-        path = self._written(op.path, (COUNTER,), "inc")
-        if path is None:
+        path = self._existing(op.path, (COUNTER,), "inc")
+        if path is None:  # checked before the path's missing maps are made
+            self._check_creatable(op.path)
+            _check_counter(op.by)
             loc = self._field(op.path, create=True)
             assert loc is not None
             self._make(loc[0], loc[1], COUNTER, op.by)
         elif op.by:
-            self._inc(path, op.by)
+            total = self._own_total(path) + op.by
+            _check_counter(total)
+            self._replace_variants(path)
+            self._inc(path, total)
 
     def _apply_add(self, op: O.Add) -> None:
         path = self._written(op.path, (SET,), "add")
@@ -442,43 +458,45 @@ class Change:
 
     def _apply_insert(self, op: O.Insert) -> None:
         tags, what = _INSERT_TEXT if type(op.items) is str else _INSERT_VALUES
-        path = self._written(op.path, tags, what)
-        if path is not None and op.index <= len(self.doc._seqs[path].seq):
+        path = self._existing(op.path, tags, what)
+        _check_bounds(op, len(self.doc._seqs[path].seq) if path else None)
+        if path is not None:
+            self._replace_variants(path)
             self._seq_insert(path, op.index, op.items)
             return
-        _check_bounds(op, len(self.doc._seqs[path].seq) if path else None)
         loc = self._field(op.path, create=True)  # an insert at 0 creates the field
         assert loc is not None
         self._make(loc[0], loc[1], tags[0], op.items)
 
     def _apply_delete(self, op: O.Delete) -> None:
-        path = self._written(op.path, *_DELETE)
-        n = len(self.doc._seqs[path].seq) if path else None
-        _check_bounds(op, n)
+        path = self._existing(op.path, *_DELETE)
+        _check_bounds(op, len(self.doc._seqs[path].seq) if path else None)
         assert path is not None  # _check_bounds refuses a missing field
+        self._replace_variants(path)
         self._seq_delete(path, op.index, op.count)
 
     def _apply_element(self, op: O.Op) -> None:
         index = op.path[-1]
         assert isinstance(index, int)
-        path = self._written(op.path[:-1], (LIST,), "an index")
+        path = self._existing(op.path[:-1], (LIST,), "an index")
         n = len(self.doc._seqs[path].seq) if path is not None else 0
         if path is None or index >= n:
             raise PatchError(
                 f"no list item at {'/'.join(map(str, op.path))}", reason="invalid_path"
             )
+        if not isinstance(op, O.Set | O.Del):
+            raise PatchError(
+                "only set and del apply to a list item; use insert/delete on the list",
+                reason="invalid_path",
+            )
+        self._replace_variants(path)
         if isinstance(op, O.Set):
             if _same_value(self.doc._seqs[path].seq.item(index), op.value):
                 return  # put semantics: the item already holds this value
             self._seq_delete(path, index, 1)
             self._seq_insert(path, index, [op.value])
-        elif isinstance(op, O.Del):
-            self._seq_delete(path, index, 1)
         else:
-            raise PatchError(
-                "only set and del apply to a list item; use insert/delete on the list",
-                reason="invalid_path",
-            )
+            self._seq_delete(path, index, 1)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -501,9 +519,11 @@ class Change:
             # Every operation checks what can fail before it changes anything.
             self._apply(ops[0])
             return self._finish(existed)
-        if all(type(op) in _SEQUENCE_OPS for op in ops):
+        if all(type(op) in _SEQUENCE_OPS for op in ops) and not _nested_paths(ops):
             # Text and list edits (an editor's "replace selection") are checked up front on
-            # lengths alone, so they need no snapshot of a possibly large document.
+            # lengths alone, so they need no snapshot of a possibly large document. (Not when
+            # one edit's field is on another's path: the first would make a field, a text or
+            # the maps on the way, that the check of the second cannot see.)
             self._check_sequence_edits(ops)
             for op in ops:
                 self._apply(op)
@@ -516,6 +536,7 @@ class Change:
         except BaseException:
             self.doc._restore(snapshot)
             self.counter.next = next_before
+            self.delta = Document()  # (nothing changed after all)
             raise
         return self._finish(existed)
 
@@ -525,15 +546,13 @@ class Change:
         for op in ops:
             assert isinstance(op, O.Insert | O.Delete)
             _check_root(op.path)
-            for elem in op.path:
-                if type(elem) is not str:
-                    raise PatchError(
-                        f"path element {elem!r} is not a field name", reason="invalid_path"
-                    )
             tags, what = _sequence_op_kind(op)
             known = lengths.get(op.path)
             if known is None:
+                # (Raises what the edit alone would for a path through existing fields.)
                 path = self._existing(op.path, tags, what)
+                if path is None:
+                    _check_field_names(op.path)  # (an edit that makes its field)
                 known = (path[-1][1], len(self.doc._seqs[path].seq)) if path else None
             elif known[0] not in tags:
                 raise _type_mismatch(op.path, known[0], what, tags)
@@ -579,6 +598,19 @@ def _sequence_op_kind(op: O.Insert | O.Delete) -> tuple[tuple[str, ...], str]:
     if isinstance(op, O.Delete):
         return _DELETE
     return _INSERT_TEXT if isinstance(op.items, str) else _INSERT_VALUES
+
+
+def _check_field_names(path: O.Path) -> None:
+    """Refuse a path to a field that is made (with the maps on its way) holding an index."""
+    for elem in path:
+        if type(elem) is not str:
+            raise PatchError(f"path element {elem!r} is not a field name", reason="invalid_path")
+
+
+def _nested_paths(ops: list[O.Op]) -> bool:
+    """Whether one operation's path is a proper prefix of another's."""
+    paths = {tuple(op.path) for op in ops}
+    return any(p[:i] in paths for p in paths for i in range(1, len(p)))
 
 
 def _check_root(path: O.Path) -> None:

@@ -28,7 +28,7 @@ from syncd.crdt.ops import parse_ops
 from syncd.crdt.remote import check_remote_deltas
 from syncd.errors import InvalidOperation, PatchError, SyncdError
 from syncd.replica import directory, ranges, schema
-from syncd.replica.core import NamespaceState, StoreCore
+from syncd.replica.core import NamespaceState, StoreCore, log
 from syncd.replica.errors import InvalidDeltaError
 from syncd.replica.model import (
     LOCAL,
@@ -84,7 +84,13 @@ class Store(StoreCore):
                 delta = doc.patch(ops, counter)
             else:
                 delta = doc.delete(counter)
-        except (PatchError, InvalidOperation):
+        except (PatchError, InvalidOperation) as exc:
+            if isinstance(exc, PatchError) and exc.document_changed:
+                # A refusal that was not atomic (a bug): the batch stays poisoned, so it is
+                # rolled back and the document reloaded as stored, rather than kept with a
+                # half-made change whose dots the next write would take again.
+                log.error("a refused change to %r had changed it; reloading it: %s", key, exc)
+                raise
             counter.next = before
             self.poisoned = False
             raise
