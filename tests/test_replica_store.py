@@ -130,6 +130,33 @@ def test_dot_counter_resumes_from_the_committed_context(db: Path) -> None:
     assert check_database(db) == []
 
 
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "inc", "path": ["x", "y"], "by": 2**63}],
+        [
+            {"op": "insert", "path": ["x"], "index": 0, "text": "new"},
+            {"op": "insert", "path": ["x", "a"], "index": 0, "text": "y"},
+        ],
+    ],
+)
+def test_a_refused_patch_leaves_a_document_that_reads_after_a_restart(
+    db: Path, ops: list[dict[str, Any]]
+) -> None:
+    """Two patches the engine refused only after changing the document: the store rewound the
+    dot counter, the next write took those dots again, and after a restart the document no
+    longer decoded (a dot appearing twice)."""
+    with Store(db) as s:
+        s.apply_local("ns", "k", Put({"n": 1}))
+        with pytest.raises(PatchError):
+            s.apply_local("ns", "k", Patch(ops))
+        assert s.get("ns", "k").value == {"n": 1}
+        s.apply_local("ns", "k", Put({"n": 2, "z": "after"}))
+    with Store(db) as s:
+        assert s.get("ns", "k").value == {"n": 2, "z": "after"}
+    assert check_database(db) == []
+
+
 @pytest.mark.parametrize("ops", [[{"op": "set", "path": ["n"], "value": 2}], "put"])
 def test_a_refusal_found_after_the_document_changed_reloads_it(
     db: Path, ops: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
