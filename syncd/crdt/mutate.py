@@ -432,11 +432,12 @@ class Change:
             loc = self._field(op.path, create=True)
             assert loc is not None
             self._make(loc[0], loc[1], COUNTER, op.by)
-        elif op.by:
+        else:
             total = self._own_total(path) + op.by
             _check_counter(total)
-            self._replace_variants(path)
-            self._inc(path, total)
+            self._replace_variants(path)  # (by 0 too: a write, as before)
+            if op.by:
+                self._inc(path, total)
 
     def _apply_add(self, op: O.Add) -> None:
         path = self._written(op.path, (SET,), "add")
