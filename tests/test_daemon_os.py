@@ -1,7 +1,9 @@
-"""The daemon's dealings with the OS around it: the API socket's file and sd_notify."""
+"""The daemon's dealings with the OS around it: the API socket's file, sd_notify and the
+home's set-up lock."""
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import socket
@@ -15,7 +17,9 @@ import trio.testing
 
 from syncd.daemon.logs import stderr_is_journal
 from syncd.daemon.notify import MIN_WATCHDOG_INTERVAL_S, Notifier
+from syncd.daemon.run import DaemonError, waiting_home_setup_lock
 from syncd.daemon.unixsock import SocketInUseError, bind_unix
+from syncd.paths import resolve_paths
 
 
 def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
@@ -124,3 +128,34 @@ def test_journal_stream_must_name_stderr() -> None:
     assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
     assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})
     assert not stderr_is_journal({})
+
+
+async def test_the_daemon_waits_for_a_home_being_set_up_but_not_for_ever(tmp_path: Path) -> None:
+    """`syncd run` waits (without blocking its event loop) while an `init` holds the home's
+    set-up lock, and gives up with a clear error after a while: an `init` stopped with the
+    lock held would otherwise hold up the daemon, signals included, for good."""
+    paths = resolve_paths(tmp_path / "h", env={})
+    paths.state_dir.mkdir()
+    held = os.open(paths.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DaemonError, match=r"has held its lock for 0\.05 s"):
+            async with waiting_home_setup_lock(paths, patience_s=0.05):
+                pass
+        entered = trio.Event()
+
+        async def take() -> None:
+            async with waiting_home_setup_lock(paths):
+                entered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not entered.is_set()  # waiting, and the loop runs: this task does
+            os.close(held)
+            held = -1
+            with trio.fail_after(5):
+                await entered.wait()
+    finally:
+        if held >= 0:
+            os.close(held)

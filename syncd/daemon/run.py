@@ -100,29 +100,66 @@ class InstanceLock:
             self._fd = None
 
 
+SETUP_LOCK_PATIENCE_S = 30.0
+"""How long ``syncd run`` waits for another process setting up its home (an ``init``, which
+holds the lock for the moment it takes to make a key and an empty database)."""
+
+
 @contextlib.contextmanager
 def home_setup_lock(paths: Paths) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the state directory (which must exist) while a home is
-    made or checked: ``syncd init`` holds it throughout, ``syncd run`` while it loads or
-    creates the identity, config and database. So two of them started at once on a new home
-    make one identity (not one each, with a device ID printed that no longer exists), and
-    neither takes the other's half-made home for one whose database was lost.
-
-    It waits for the other holder, which keeps it for the time it takes to make a key and an
-    empty database.
+    made or checked: ``syncd init`` holds it throughout (waiting for another holder), ``syncd
+    run`` while it loads or creates the identity, config and database
+    (:func:`waiting_home_setup_lock`). So two of them started at once on a new home make one
+    identity (not one each, with a device ID printed that no longer exists), and neither
+    takes the other's half-made home for one whose database was lost.
     """
+    fd = _open_state_dir(paths)
     try:
-        fd = os.open(paths.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise DaemonError(f"cannot open {paths.state_dir}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:  # (a file system without locks)
-            raise DaemonError(f"cannot lock {paths.state_dir}: {exc.strerror}") from None
+        _lock(fd, paths, wait=True)
         yield
     finally:
         os.close(fd)  # (releases the lock)
+
+
+@contextlib.asynccontextmanager
+async def waiting_home_setup_lock(
+    paths: Paths, patience_s: float = SETUP_LOCK_PATIENCE_S
+) -> AsyncIterator[None]:
+    """:func:`home_setup_lock` for the daemon: waits without blocking the event loop, and for
+    at most ``patience_s`` (an ``init`` stopped with the lock held would hold up the daemon
+    for good, with signals only acted on once it is ready)."""
+    fd = _open_state_dir(paths)
+    try:
+        deadline = trio.current_time() + patience_s
+        while not _lock(fd, paths, wait=False):
+            if trio.current_time() >= deadline:
+                raise DaemonError(
+                    f"{paths.state_dir} is being set up by another process, which has held "
+                    f"its lock for {patience_s:g} s (a `syncd init` that was stopped?)"
+                )
+            await trio.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_state_dir(paths: Paths) -> int:
+    try:
+        return os.open(paths.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DaemonError(f"cannot open {paths.state_dir}: {exc.strerror}") from None
+
+
+def _lock(fd: int, paths: Paths, *, wait: bool) -> bool:
+    """Take the exclusive ``flock`` of ``fd``; False if another holds it and not ``wait``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:  # (a file system without locks)
+        raise DaemonError(f"cannot lock {paths.state_dir}: {exc.strerror}") from None
+    return True
 
 
 def create_database(paths: Paths) -> None:
@@ -264,7 +301,7 @@ async def run_daemon(
                 load_config(paths.config_file)  # a bad file stops us before anything is created
             make_private_dir(paths.state_dir)
             lock.acquire()
-            with home_setup_lock(paths):
+            async with waiting_home_setup_lock(paths):
                 identity, created = prepare_home(paths)
                 if not paths.database.exists():
                     if not created:
