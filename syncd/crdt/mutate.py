@@ -159,6 +159,7 @@ class Change:
 
     def _seq_delete(self, path: FieldPath, index: int, count: int) -> None:
         if count:
+            self._keep(path)
             self._kill_seq(path, self.doc._seqs[path].seq.delete(index, count))
 
     def _seq_assign(self, path: FieldPath, new: str | list[Any]) -> None:
@@ -182,6 +183,23 @@ class Change:
             sst = doc._seqs[p]
             self._kill_seq(p, sst.seq.delete(0, len(sst.seq)) if len(sst.seq) else [])
         self._remove(atoms_under(doc, path))
+
+    def _keep(self, path: FieldPath) -> None:
+        """Before a change takes content out of the container at ``path`` (the document, a
+        map, set, text or list): give it a marker of its own if it shows through that content
+        alone. That is a container a concurrent delete took the marker of, which a concurrent
+        update kept (update-wins); emptied, it would vanish, where one never deleted stays,
+        empty: ``del``, ``remove`` and deletes change what is inside, not whether it exists."""
+        st = self.doc._store_at(path) if path else self.doc.root
+        if not st.present:
+            self._add((path, PRESENT))
+
+    def _delete_field(self, mp: FieldPath, name: str) -> None:
+        """Delete a field of the map at ``mp`` (which stays: :meth:`_keep`)."""
+        m = self.doc._store_at(mp) if mp else self.doc.root
+        if m is not None and m.fields.get(name):
+            self._keep(mp)
+            self._remove_field(mp, name)
 
     def _remove_field(self, mp: FieldPath, name: str, keep: str | None = None) -> None:
         m = self.doc._store_at(mp)
@@ -236,7 +254,9 @@ class Change:
             self._remove_field(mp, name, keep=tag)
             target = dict.fromkeys(canonical(v) for v in value)
             gone = [d for k, ds in st.elems.items() if k not in target for d in ds]
-            self._remove(gone)
+            if gone:
+                self._keep(path)
+                self._remove(gone)
             for key in target:
                 if key not in st.elems:
                     self._add((path, key))
@@ -268,7 +288,7 @@ class Change:
         m: MapStore = self.doc._store_at(path)
         for name in [n for n, vs in m.fields.items() if n not in value]:
             if stores.winner(m.fields[name]) is not None:
-                self._remove_field(path, name)
+                self._delete_field(path, name)
         for k, v in value.items():
             self._put_field(path, k, v)
 
@@ -422,7 +442,7 @@ class Change:
         loc = self._field(op.path, create=False)
         if loc is not None:
             self._replace_variants(loc[0])
-            self._remove_field(*loc)
+            self._delete_field(*loc)
 
     def _apply_inc(self, op: O.Inc) -> None:
         path = self._existing(op.path, (COUNTER,), "inc")
@@ -455,7 +475,10 @@ class Change:
         path = self._written(op.path, (SET,), "remove")
         if path is not None:
             st: SetStore = self.doc._store_at(path)
-            self._remove(list(st.elems.get(canonical(op.value), ())))
+            gone = list(st.elems.get(canonical(op.value), ()))
+            if gone:
+                self._keep(path)
+                self._remove(gone)
 
     def _apply_insert(self, op: O.Insert) -> None:
         tags, what = _INSERT_TEXT if type(op.items) is str else _INSERT_VALUES
