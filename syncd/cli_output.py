@@ -67,12 +67,13 @@ def print_json(obj: Any) -> None:
 def shown(name: str, *, cell: bool = False) -> str:
     """A key or namespace name for human output, one line and unambiguous: as it is, unless
     it holds a control or line-separator character or starts with ``"`` (or, in a ``cell``
-    of a table, holds any white space); then as a JSON string (so a name shown quoted always
-    starts with ``"``, and ``--json`` output is exact anyway)."""
+    of a table or an item of a comma-separated list, holds white space or a comma); then as a
+    JSON string (so a name shown quoted always starts with ``"``, and ``--json`` output is
+    exact anyway)."""
     if (
         name.startswith('"')
         or any(c < " " or ord(c) in _ESCAPED for c in name)
-        or (cell and any(c.isspace() for c in name))
+        or (cell and any(c.isspace() or c == "," for c in name))
     ):
         return json_text(name)  # (C0 controls JSON escapes itself; _ESCAPED the others)
     return name
@@ -137,7 +138,7 @@ def _status(r: dict[str, Any]) -> str:
         f"version:     {r['version']}",
         f"listen:      {r['listen']}",
         f"peers:       {r['peers_connected']} connected",
-        f"namespaces:  {', '.join(map(shown, ns)) if ns else '(none)'}",
+        f"namespaces:  {', '.join(shown(n, cell=True) for n in ns) if ns else '(none)'}",
     ]
     if isinstance(problems, list):
         lines += [f"problem:     {shown(str(p))}" for p in problems]

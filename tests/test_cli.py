@@ -288,6 +288,10 @@ def test_human_listing_shows_odd_names_on_one_line_each(run: Run, daemon: Daemon
     ns_lines = ok(run(*h, "ns")).splitlines()
     assert any(line.startswith('"sp ace"  ') for line in ns_lines), ns_lines
     assert ok(run(*h, "ls", "sp ace")) == "k\n"
+    # ...and so is one with a comma in status's list of namespaces.
+    ok(run(*h, "put", "a, b", "k", "{}"))
+    listed = next(line for line in ok(run(*h, "status")).splitlines() if "namespaces:" in line)
+    assert '"a, b"' in listed and '"sp ace"' in listed, listed
 
 
 def test_documents(run: Run, daemon: DaemonProcess) -> None:
