@@ -936,6 +936,14 @@ VANISHING = {
         expected={"m": {}},
         shown_by=[{"op": "set", "path": ["m"], "value": {"x": 5}}],
     ),
+    "text, delete of its last characters": Vanishing(
+        setup=[{"op": "make", "path": ["t"], "type": "text", "value": "ab"}],
+        update=[{"op": "insert", "path": ["t"], "index": 0, "text": "x"}],
+        delete=[{"op": "del", "path": ["t"]}],
+        then={"op": "delete", "path": ["t"], "index": 0, "count": 1},
+        expected={"t": ""},
+        shown_by=[{"op": "make", "path": ["t"], "type": "text", "value": "x"}],
+    ),
     "set, remove of its last element": Vanishing(
         setup=[{"op": "make", "path": ["s"], "type": "set", "value": [1]}],
         update=[{"op": "add", "path": ["s"], "value": 2}],
