@@ -772,3 +772,16 @@ def test_the_reason_does_not_depend_on_the_rest_of_the_patch() -> None:
     assert refused(doc, c, bad) == "type_mismatch"  # alone: an index into a map
     other: Op = {"op": "insert", "path": ["t"], "index": 0, "text": "y"}
     assert refused(doc, c, other, bad) == "type_mismatch"  # (it was invalid_path)
+
+
+def test_a_del_after_the_document_was_deleted_writes_nothing() -> None:
+    """What a delete leaves of a text (its dead characters) is no field: deleting it again
+    neither writes nor brings the document back (the marker that keeps an emptied container
+    is given only to one that shows)."""
+    doc, c = Document(), DotCounter("r1")
+    patch(doc, c, {"op": "make", "path": ["b"], "type": "text", "value": ""})
+    patch(doc, c, {"op": "insert", "path": ["b"], "index": 0, "text": "uv"})
+    doc.delete(c)
+    delta = patch(doc, c, {"op": "del", "path": ["b"]})
+    assert doc.render() is None
+    assert next(iter(delta.live_dots()), None) is None

@@ -197,9 +197,10 @@ class Change:
     def _delete_field(self, mp: FieldPath, name: str) -> None:
         """Delete a field of the map at ``mp`` (which stays: :meth:`_keep`)."""
         m = self.doc._store_at(mp) if mp else self.doc.root
-        if m is not None and m.fields.get(name):
+        variants = m.fields.get(name) if m is not None else None
+        if variants and stores.winner(variants) is not None:  # (not only what a delete left)
             self._keep(mp)
-            self._remove_field(mp, name)
+        self._remove_field(mp, name)
 
     def _remove_field(self, mp: FieldPath, name: str, keep: str | None = None) -> None:
         m = self.doc._store_at(mp)
