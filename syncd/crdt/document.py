@@ -15,7 +15,7 @@ change carries a fresh dot").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from syncd.crdt import stores
@@ -290,7 +290,12 @@ class Document:
 
     def put(self, value: dict[str, Any], counter: DotCounter) -> Document:
         """Make the document equal to ``value`` with the finest-grained changes; the delta."""
-        return _changed_or_not(Change(self, counter), lambda c: c.put_document(value))
+        change = Change(self, counter)
+        try:
+            return change.put_document(value)
+        except PatchError as exc:
+            _say_if_changed(exc, change)
+            raise
 
     def patch(self, ops: list[Any], counter: DotCounter) -> Document:
         """Apply parsed operations (:func:`syncd.crdt.ops.parse_ops`) atomically; the delta.
@@ -298,7 +303,12 @@ class Document:
         Raises :class:`~syncd.errors.PatchError` and leaves the document unchanged if any
         operation does not apply.
         """
-        return _changed_or_not(Change(self, counter), lambda c: c.patch(ops))
+        change = Change(self, counter)
+        try:
+            return change.patch(ops)
+        except PatchError as exc:
+            _say_if_changed(exc, change)
+            raise
 
     def delete(self, counter: DotCounter) -> Document:
         """Delete the document (an empty delta if it does not exist)."""
@@ -311,14 +321,10 @@ class Document:
         self._seqs = snapshot._seqs
 
 
-def _changed_or_not(change: Change, apply: Callable[[Change], Document]) -> Document:
-    """``apply(change)``; a :class:`PatchError` it raises says whether the document changed
-    (``document_changed``: the change's delta is not empty, so the refusal was not atomic)."""
-    try:
-        return apply(change)
-    except PatchError as exc:
-        exc.document_changed = not change.delta.is_bottom()
-        raise
+def _say_if_changed(exc: PatchError, change: Change) -> None:
+    """Set ``exc.document_changed`` when ``change`` was refused after it changed the document
+    (its delta is not empty: the refusal was not atomic)."""
+    exc.document_changed = not change.delta.is_bottom()
 
 
 def atoms_under(doc: Document, path: FieldPath) -> list[Dot]:

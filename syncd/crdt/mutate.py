@@ -159,8 +159,10 @@ class Change:
 
     def _seq_delete(self, path: FieldPath, index: int, count: int) -> None:
         if count:
-            self._keep(path)
-            self._kill_seq(path, self.doc._seqs[path].seq.delete(index, count))
+            sst = self.doc._seqs[path]
+            if not sst.present:  # (see _keep)
+                self._add((path, PRESENT))
+            self._kill_seq(path, sst.seq.delete(index, count))
 
     def _seq_assign(self, path: FieldPath, new: str | list[Any]) -> None:
         """Edit the sequence at ``path`` into ``new`` by a diff."""
@@ -634,6 +636,9 @@ def _check_field_names(path: O.Path) -> None:
 
 def _nested_paths(ops: list[O.Op]) -> bool:
     """Whether one operation's path is a proper prefix of another's."""
+    first = ops[0].path if ops else ()
+    if all(op.path == first for op in ops):  # (an editor's edits of one text)
+        return False
     paths = {tuple(op.path) for op in ops}
     return any(p[:i] in paths for p in paths for i in range(1, len(p)))
 
