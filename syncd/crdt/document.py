@@ -290,12 +290,7 @@ class Document:
 
     def put(self, value: dict[str, Any], counter: DotCounter) -> Document:
         """Make the document equal to ``value`` with the finest-grained changes; the delta."""
-        change = Change(self, counter)
-        try:
-            return change.put_document(value)
-        except PatchError as exc:
-            _say_if_changed(exc, change)
-            raise
+        return Change(self, counter).put_document(value)  # (refusals come before changes)
 
     def patch(self, ops: list[Any], counter: DotCounter) -> Document:
         """Apply parsed operations (:func:`syncd.crdt.ops.parse_ops`) atomically; the delta.
@@ -307,7 +302,9 @@ class Document:
         try:
             return change.patch(ops)
         except PatchError as exc:
-            _say_if_changed(exc, change)
+            # Whether the document changed before it was refused (a refusal that was not
+            # atomic: a bug, which the holder of the document then repairs by reloading it).
+            exc.document_changed = not change.delta.is_bottom()
             raise
 
     def delete(self, counter: DotCounter) -> Document:
@@ -319,12 +316,6 @@ class Document:
         self.ctx = snapshot.ctx
         self._where = snapshot._where
         self._seqs = snapshot._seqs
-
-
-def _say_if_changed(exc: PatchError, change: Change) -> None:
-    """Set ``exc.document_changed`` when ``change`` was refused after it changed the document
-    (its delta is not empty: the refusal was not atomic)."""
-    exc.document_changed = not change.delta.is_bottom()
 
 
 def atoms_under(doc: Document, path: FieldPath) -> list[Dot]:
