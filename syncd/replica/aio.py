@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -41,6 +42,7 @@ from syncd.replica.store import Store
 from syncd.replica.writer import Request, Writer
 
 T = TypeVar("T")
+log = logging.getLogger("syncd.replica")
 ChangeListener = Callable[[Change], None]
 
 
@@ -242,7 +244,16 @@ class AsyncReplica:
         if listener is None:
             self._writer.on_failing = None
             return
-        self._writer.on_failing = lambda: self._sink.in_trio(lambda: listener(self.problem))
+
+        def tell() -> None:
+            # (Run by trio itself when the writer thread asks: an exception here would end
+            # the whole run, as trio's internal error.)
+            try:
+                listener(self.problem)
+            except Exception:
+                log.exception("the listener of the replica's problems failed")
+
+        self._writer.on_failing = lambda: self._sink.in_trio(tell)
 
     @property
     def writer(self) -> Writer:
