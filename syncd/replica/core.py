@@ -362,6 +362,8 @@ class StoreCore:
     def _auto(self, fn: Callable[[], T]) -> T:
         """Run a change inside the open batch, or in a batch of its own."""
         if self._batch:
+            if self.poisoned:  # (the writer rolls back at once; a caller of batch() may not)
+                raise StoreError(f"{self.path}: batch aborted by an earlier failure")
             return self._guarded(fn)
         self.begin()
         try:
