@@ -406,6 +406,11 @@ class Change:
         variants that concurrent creations of other types left there (docs/data-model.md:
         the next write to the field from any device replaces every variant)."""
         m = self.doc.root
+        if len(path) == 1:  # a top-level field (an editor's text): the common case
+            name, tag = path[0]
+            if len(m.fields[name]) > 1:
+                self._remove_field((), name, keep=tag)
+            return
         for i, (name, tag) in enumerate(path):
             variants = m.fields[name]
             if len(variants) > 1:
