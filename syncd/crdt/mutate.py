@@ -160,8 +160,7 @@ class Change:
     def _seq_delete(self, path: FieldPath, index: int, count: int) -> None:
         if count:
             sst = self.doc._seqs[path]
-            if not sst.present:  # (see _keep)
-                self._add((path, PRESENT))
+            self._keep(path, sst)
             self._kill_seq(path, sst.seq.delete(index, count))
 
     def _seq_assign(self, path: FieldPath, new: str | list[Any]) -> None:
@@ -186,22 +185,22 @@ class Change:
             self._kill_seq(p, sst.seq.delete(0, len(sst.seq)) if len(sst.seq) else [])
         self._remove(atoms_under(doc, path))
 
-    def _keep(self, path: FieldPath) -> None:
-        """Before a change takes content out of the container at ``path`` (the document, a
-        map, set, text or list): give it a marker of its own if it shows through that content
-        alone. That is a container a concurrent delete took the marker of, which a concurrent
-        update kept (update-wins); emptied, it would vanish, where one never deleted stays,
-        empty: ``del``, ``remove`` and deletes change what is inside, not whether it exists."""
-        st = self.doc._store_at(path) if path else self.doc.root
+    def _keep(self, path: FieldPath, st: Any) -> None:
+        """Before a change takes content out of the container ``st`` at ``path`` (the
+        document, a map, set, text or list): give it a marker of its own if it shows through
+        that content alone. That is a container a concurrent delete took the marker of,
+        which a concurrent update kept (update-wins); emptied, it would vanish, where one
+        never deleted stays, empty: ``del``, ``remove`` and deletes change what is inside, not
+        whether it exists."""
         if not st.present:
             self._add((path, PRESENT))
 
     def _delete_field(self, mp: FieldPath, name: str) -> None:
         """Delete a field of the map at ``mp`` (which stays: :meth:`_keep`)."""
-        m = self.doc._store_at(mp) if mp else self.doc.root
+        m = self.doc._store_at(mp)
         variants = m.fields.get(name) if m is not None else None
         if variants and stores.winner(variants) is not None:  # (not only what a delete left)
-            self._keep(mp)
+            self._keep(mp, m)
         self._remove_field(mp, name)
 
     def _remove_field(self, mp: FieldPath, name: str, keep: str | None = None) -> None:
@@ -258,7 +257,7 @@ class Change:
             target = dict.fromkeys(canonical(v) for v in value)
             gone = [d for k, ds in st.elems.items() if k not in target for d in ds]
             if gone:
-                self._keep(path)
+                self._keep(path, st)
                 self._remove(gone)
             for key in target:
                 if key not in st.elems:
@@ -485,7 +484,7 @@ class Change:
             st: SetStore = self.doc._store_at(path)
             gone = list(st.elems.get(canonical(op.value), ()))
             if gone:
-                self._keep(path)
+                self._keep(path, st)
                 self._remove(gone)
 
     def _apply_insert(self, op: O.Insert) -> None:
