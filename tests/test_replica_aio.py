@@ -290,6 +290,80 @@ async def test_others_runnable_sees_the_run_queue(
         assert not aio.others_runnable()
 
 
+class _Rounds(trio.abc.Instrument):
+    """Counts the scheduler's rounds (each polls for I/O once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+@pytest.mark.usefixtures("fast_disk")
+async def test_calls_run_at_once_take_a_scheduler_round_only_when_one_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(aio, "_now", lambda: clock[0])
+    rounds = _Rounds()
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        trio.lowlevel.add_instrument(rounds)
+        try:
+            # The first calls take rounds (the committer task starts; none was taken yet).
+            await rep.put("ns", "k", {"i": -1})
+            await rep.put("ns", "k", {"i": 0})
+            seen = rounds.count
+            assert seen >= 1
+            for i in range(1, 6):  # the clock stands still: none is due
+                await rep.put("ns", "k", {"i": i})
+                assert (await rep.get("ns", "k")).value == {"i": i}
+            assert rounds.count == seen
+            assert rep.writer.stats.inline_batches >= 11  # all of them ran at once
+            clock[0] += aio.INLINE_YIELD_MAX_S * 1.5  # a writer in a loop: a round is due now
+            await rep.put("ns", "k", {"i": 6})
+            assert rounds.count == seen + 1
+            await rep.put("ns", "k", {"i": 7})  # and then not again until the clock moves
+            await rep.get("ns", "k")
+            assert rounds.count == seen + 1
+        finally:
+            trio.lowlevel.remove_instrument(rounds)
+
+
+@pytest.mark.usefixtures("fast_disk")
+async def test_a_task_writing_in_a_loop_lets_a_task_waiting_for_io_run(tmp_path: Path) -> None:
+    """With the real clock: the reader of a socket that became readable runs while another
+    task is still writing in a tight loop, within about INLINE_YIELD_MAX_S."""
+    a, b = trio.socket.socketpair()
+    woke: list[float] = []
+
+    async def reader() -> None:
+        await b.recv(1)
+        woke.append(time.perf_counter())
+
+    async with open_replica(tmp_path / "r.sqlite3") as rep:
+        await rep.put("ns", "warm", {})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.send(b"x")
+            sent = time.perf_counter()
+            longest = 0.0
+            writes = 0
+            while not woke:
+                t0 = time.perf_counter()
+                await rep.put("ns", "k", {"i": writes})
+                longest = max(longest, time.perf_counter() - t0)
+                writes += 1
+                assert writes < 100_000, "the reader never ran"
+        assert rep.writer.stats.inline_batches >= writes
+    # A round is due INLINE_YIELD_MAX_S after the last one (before the send), so the reader
+    # runs after the first write that ends past it: within that plus two writes.
+    assert woke[0] - sent <= aio.INLINE_YIELD_MAX_S + 2 * longest + 0.005
+    a.close()
+    b.close()
+
+
 @pytest.mark.usefixtures("fast_disk")
 async def test_a_failed_commit_fails_every_write_of_its_group_and_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -15,7 +15,8 @@ queued in a scheduler round as one group and runs it in one of two places:
 Requests reach the store in the order they were made either way: the committer never runs a
 group here while requests it handed to the thread are outstanding. A read made while nothing
 is queued runs at once, without waiting for a round, and so does a write made while nothing
-is queued and no other task is ready to run (nobody could join its group). Writes are
+is queued and no other task is ready to run (nobody could join its group). Such a call returns
+without a scheduler round while none is due (:data:`INLINE_YIELD_MAX_S`). Writes are
 reported only once durable, and the committed changes go to subscribers in commit order.
 
 Cancelling a call stops the wait, not the request: a write whose caller was cancelled may
@@ -28,6 +29,7 @@ import datetime
 import importlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -74,6 +76,16 @@ def others_runnable() -> bool:
 INLINE_BATCH_MAX_S = 0.002
 """Groups run on the trio thread while the writer's average batch time (commit included) is
 below this; above it they go to the writer thread until batches are fast again."""
+INLINE_YIELD_MAX_S = 0.001
+"""A call run at once on the trio thread returns without a scheduler round (a round costs a
+lone writer ~5 % of its CPU per write, for nothing when no other task waits), unless another
+task is ready to run or the calls run at once have gone this long without one: so a task
+that writes in a loop keeps others from their I/O for at most about this long (plus one
+write, which blocks the loop anyway). Most callers wait for I/O between calls (the API
+server reads the next request), which is a scheduler round of its own."""
+
+_now = time.perf_counter  # (tests replace it)
+
 INLINE_DOC_MAX_BYTES = 256 * 1024
 """A write to a document this large (stored) goes to the writer thread even when batches are
 fast: rewriting a large text (a put's diff) can take a good part of a second, which the
@@ -219,6 +231,7 @@ class AsyncReplica:
         self._committer: trio.lowlevel.Task | None = None  # set while it is parked
         self._closing = False
         self._drained = trio.Event()
+        self._yielded_at = 0.0  # when a call run at once last ended with a scheduler round
         writer.add_listener(self._sink)
 
     @property
@@ -286,7 +299,7 @@ class AsyncReplica:
             # ready to run): commit it at once rather than through the committer.
             done = self._run_now(fn, doc)
             if done is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._after_inline()
                 return done.unwrap()
         request = Request(fn, self._sink, trio.lowlevel.current_task(), doc, heavy)
         self._queue(request)
@@ -304,9 +317,16 @@ class AsyncReplica:
         if not self._queued and not self._outstanding and not self._closing:
             done = self._run_now(fn)
             if done is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._after_inline()
                 return done.unwrap()
         return await self.call(fn)
+
+    async def _after_inline(self) -> None:
+        """End a call run at once: with a scheduler round only when one is due
+        (:data:`INLINE_YIELD_MAX_S`)."""
+        if others_runnable() or _now() - self._yielded_at >= INLINE_YIELD_MAX_S:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._yielded_at = _now()
 
     def _run_now(
         self, fn: Callable[[Store], T], doc: tuple[str, str] | None = None
