@@ -410,11 +410,13 @@ class Change:
             if len(m.fields[name]) > 1:
                 self._remove_field((), name, keep=tag)
             return
+        last = len(path) - 1
         for i, (name, tag) in enumerate(path):
             variants = m.fields[name]
             if len(variants) > 1:
                 self._remove_field(path[:i], name, keep=tag)
-            m = variants[tag]
+            if i < last:  # (the field itself may be any kind of store)
+                m = variants[tag]
 
     # -- operations ----------------------------------------------------------------------
 

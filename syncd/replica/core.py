@@ -14,7 +14,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
-from itertools import count
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -844,8 +843,11 @@ def _set_aside(files: Iterable[Path]) -> dict[Path, str]:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     moved = {}
     for file in files:
-        names = (f"{file.name}.stale-{stamp}" + (f"-{n}" if n > 1 else "") for n in count(1))
-        aside = next(p for p in map(file.with_name, names) if not os.path.lexists(p))
+        aside = file.with_name(f"{file.name}.stale-{stamp}")
+        n = 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = file.with_name(f"{file.name}.stale-{stamp}-{n}")
         with suppress(OSError):
             os.rename(file, aside)
             moved[file] = aside.name

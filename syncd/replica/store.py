@@ -133,7 +133,10 @@ class Store(StoreCore):
         """
         check_name("namespace", ns)
         check_name("origin", origin)
-        for key, delta in deltas:
+        # (Typed as the caller should pass them, checked as anything: the compiled build
+        # would otherwise refuse a wrong type with a bare TypeError.)
+        unchecked: Sequence[tuple[object, object]] = deltas
+        for key, delta in unchecked:
             check_name("key", key)
             if not isinstance(delta, Document):
                 raise InvalidDeltaError(f"delta for {key!r} is not a document")
