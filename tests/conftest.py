@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+import syncd
+
+needs_python_source = pytest.mark.skipif(
+    syncd.compiled(),
+    reason="replaces a function that the compiled build calls directly (or passes a wrong "
+    "type, which it refuses with TypeError); the suite's run on the Python source covers it",
+)
 
 settings.register_profile(
     "default",

@@ -14,6 +14,7 @@ from syncd.crdt import Document
 from syncd.daemon import server
 from syncd.daemon.store import Change
 from syncd.replica import StoreError
+from tests.conftest import needs_python_source
 from tests.daemon_harness import (
     Line,
     api_and_two_connections,
@@ -289,6 +290,7 @@ async def put(client: AsyncClient, i: int) -> None:
     assert await client.call("put", ns="n", key=f"k{i}", value={"i": i}) == {"ok": True}
 
 
+@needs_python_source
 async def test_values_are_rendered_only_for_changes_a_watcher_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

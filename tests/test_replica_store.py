@@ -35,6 +35,7 @@ from syncd.replica import (
 from syncd.replica import core as replica_core
 from syncd.replica.verify import check_database
 from syncd.sync.replica import SyncReplica
+from tests.conftest import needs_python_source
 
 
 @pytest.fixture
@@ -157,6 +158,7 @@ def test_a_refused_patch_leaves_a_document_that_reads_after_a_restart(
     assert check_database(db) == []
 
 
+@needs_python_source
 @pytest.mark.parametrize(
     "ops",
     [
@@ -212,7 +214,9 @@ def test_failed_patch_changes_nothing(db: Path) -> None:
     assert check_database(db) == []
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 1025, "a\x00b", "\ud800", 3])
+@pytest.mark.parametrize(
+    "bad", ["", "x" * 1025, "a\x00b", "\ud800", pytest.param(3, marks=needs_python_source)]
+)
 def test_bad_names_are_refused(db: Path, bad: object) -> None:
     with Store(db) as s, pytest.raises(InvalidKeyError):
         s.apply_local("ns", bad, Put({}))  # type: ignore[arg-type]
@@ -557,6 +561,7 @@ def test_a_lone_index_file_is_set_aside_without_a_word_and_names_are_never_reuse
     assert kept == [b"round 0", b"round 1", b"round 2"]
 
 
+@needs_python_source
 def test_a_database_file_that_cannot_be_checked_is_an_io_error(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -593,6 +598,7 @@ def test_sqlite_errors_map_to_reasons(db: Path) -> None:
 # -- lazy loading ---------------------------------------------------------------------------------
 
 
+@needs_python_source
 def test_100k_documents_open_and_one_get_loads_one(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
