@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import syncd
+
 CLIENTS = 16
 WINDOW = 64
 PUT_NUMBERS = itertools.count()
@@ -346,7 +348,7 @@ def main() -> None:
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'MISSED'}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "compiled": syncd.compiled()}))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import statistics
 import time
 from typing import Any
 
+import syncd
 from syncd.crdt import Document, DotCounter, encode_document, parse_ops
 from syncd.gcpolicy import configure_gc
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         for k, v in result.items():
             print(f"{k:36} {v}")
-    print(json.dumps(result))
+    print(json.dumps({**result, "compiled": syncd.compiled()}))
     return 0
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import trio
 
+import syncd
 from syncd.crdt import Document, DotCounter, encode_document, parse_ops
 from syncd.gcpolicy import configure_gc
 from syncd.replica import AsyncReplica, Put, Store, Writer, open_replica
@@ -379,7 +380,7 @@ def main() -> None:
     ):
         print(f"{key:26} {result[key]!s:>12}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "compiled": syncd.compiled()}))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import random
 import time
 from typing import Any
 
+import syncd
 from syncd.crdt import encode_document, parse_ops
 from syncd.sync.memory import MemoryReplica
 from syncd.sync.simulator import Network
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         for k, v in result.items():
             print(f"{k:28} {v}")
-    print(json.dumps(result))
+    print(json.dumps({**result, "compiled": syncd.compiled()}))
     return 0
 
 

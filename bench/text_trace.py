@@ -31,6 +31,7 @@ from typing import Any
 
 import cbor2
 
+import syncd
 from syncd.crdt.dots import DotCounter
 from syncd.crdt.sequence import Sequence
 from syncd.gcpolicy import configure_gc
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "loro_snapshot_bytes": lo[2] if lo else None,
     }
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "compiled": syncd.compiled()}))
     return 0 if final_ok else 1
 
 

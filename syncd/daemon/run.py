@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from syncd import __version__
+from syncd import __version__, compiled
 from syncd.config import (
     ApiConfig,
     Config,
@@ -375,8 +375,9 @@ async def _serve(
                 await probe_socket(socket_path)
                 freeze_startup_objects()
                 log.info(
-                    "syncd %s ready: device %s, socket %s",
+                    "syncd %s ready (%s): device %s, socket %s",
                     __version__,
+                    "compiled" if compiled() else "Python source",
                     identity.device_id,
                     socket_path,
                 )
