@@ -4,7 +4,8 @@
 this same, type-checked source: a write spends about a third less CPU (bench/README.md).
 Everything else about the project is in pyproject.toml.
 
-- No C compiler, no Python headers, or mypyc failing for any reason: a warning, and the
+- No C compiler, no Python headers, or mypyc failing for any reason (its type check runs
+  first, against the dependencies pyproject.toml lists for the build): a warning, and the
   Python source is installed instead, which behaves the same (slower).
 - ``SYNCD_PURE_PYTHON=1``: do not compile.
 - ``SYNCD_REQUIRE_COMPILED=1`` (CI): a failure to compile fails the build instead.
@@ -54,10 +55,10 @@ def _ext_modules() -> list[Any]:
         from mypyc.build import mypycify
 
         return list(mypycify(COMPILED, opt_level="3"))
-    except Exception as exc:  # (mypy missing, or a type error it would not compile)
+    except (Exception, SystemExit) as exc:  # mypy missing, or its check failed (it exits)
         if REQUIRED:
             raise
-        _warn(f"mypyc could not translate the modules ({exc})")
+        _warn(f"mypyc could not translate the modules ({exc!r})")
         return []
 
 

@@ -77,3 +77,16 @@ def test_without_a_compiler_the_python_source_is_installed(tmp_path: Path) -> No
     # ... and a build that must compile says so by failing.
     required = _build_in_place(tree, CC="/bin/false", SYNCD_REQUIRE_COMPILED="1")
     assert required.returncode != 0
+
+
+@pytest.mark.slow
+def test_a_type_check_that_fails_installs_the_python_source(tmp_path: Path) -> None:
+    # (A mypy newer than this source, or a dependency's types missing from the build.)
+    pytest.importorskip("mypyc.build", reason="mypyc (from mypy) translates the modules")
+    tree = _copy_of_the_tree(tmp_path)
+    with open(tree / "syncd" / "crdt" / "dots.py", "a") as f:
+        f.write("\nWRONG: int = 'not an int'\n")
+    done = _build_in_place(tree)
+    assert done.returncode == 0, done.stderr
+    assert "installing the Python source instead" in done.stderr
+    assert not list(tree.rglob("*.so"))
