@@ -36,6 +36,7 @@ COMPILED = [
     "syncd/replica/doclog.py",
     "syncd/replica/ranges.py",
     "syncd/replica/store.py",
+    "syncd/replica/writer.py",
 ]
 """The modules on the write path that compile to the same behaviour. (The sequence modules
 build objects without calling ``__init__``, and the trio and thread layers rely on

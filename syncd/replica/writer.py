@@ -134,8 +134,8 @@ class Writer:
         when commits succeed again."""
         self._request_failures = RepeatLimiter(log, "failed requests", logging.ERROR)
         """Requests the store failed (a read of a damaged document, ...), likewise."""
-        self._thread = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="syncd-replica-writer", daemon=True)
+        self._worker.start()
 
     # -- callers -------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class Writer:
             if not self._closed:
                 self._closed = True
                 self._queue.put(None)
-        self._thread.join()
+        self._worker.join()
 
     # -- the thread ----------------------------------------------------------------------------
 
