@@ -39,8 +39,9 @@ COMPILED = [
     "syncd/replica/writer.py",
 ]
 """The modules on the write path that compile to the same behaviour. (The sequence modules
-build objects without calling ``__init__``, and the trio and thread layers rely on
-introspection: they stay Python.)"""
+build objects without calling ``__init__``, and the trio layer relies on trio's
+introspection of coroutines: they stay Python. The codec, which decodes what peers send,
+is compiled: the tests of hostile encodings run on both builds in CI.)"""
 
 REQUIRED = os.environ.get("SYNCD_REQUIRE_COMPILED") == "1"
 

@@ -77,12 +77,18 @@ class Parser(argparse.ArgumentParser):
 def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
     """``--home``, ``--socket``, ``--json``: documented before the command, tolerated after it."""
     default: Any = argparse.SUPPRESS if after else None
+    suffix = _AFTER if after else ""  # (merged by _merge_global_options)
     p.add_argument(
-        "--home", metavar="DIR", default=default, help="instance directory (env SYNCD_HOME)"
+        "--home",
+        metavar="DIR",
+        dest="home" + suffix,
+        default=default,
+        help="instance directory (env SYNCD_HOME)",
     )
     p.add_argument(
         "--socket",
         metavar="PATH",
+        dest="socket" + suffix,
         default=default,
         help="API socket to connect to (env SYNCD_SOCKET)",
     )
@@ -92,6 +98,26 @@ def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
         default=argparse.SUPPRESS if after else False,
         help="machine-readable output",
     )
+
+
+_AFTER = "_after_command"
+
+
+def _merge_global_options(args: argparse.Namespace) -> None:
+    """Take ``--home``/``--socket`` given after the command; the same option given before it
+    with another value is an error (rather than one of them silently ignored)."""
+    for option in ("home", "socket"):
+        after = getattr(args, option + _AFTER, None)
+        if after is None:
+            continue
+        delattr(args, option + _AFTER)
+        before = getattr(args, option)
+        if before is not None and before != after:
+            raise UsageError(
+                f"--{option} given twice with different values ({before!r} before the "
+                f"command, {after!r} after it)"
+            )
+        setattr(args, option, after)
 
 
 class _SubParser(Parser):
@@ -627,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     paths: Paths | None = None
     try:
         args = build_parser().parse_args(argv)
+        _merge_global_options(args)
         for option in ("home", "socket"):
             if getattr(args, option) == "":  # (an empty $SYNCD_HOME is unset: resolve_paths)
                 raise UsageError(f"--{option} must not be empty")

@@ -851,3 +851,14 @@ def test_watch_with_a_notification_that_is_not_syncd_s_is_one_line(
     thread = _answering_daemon(path, [[subscribed, odd]])
     fails(run("--socket", str(path), "watch", "n"), 1, "unexpected notification from")
     thread.join(10)
+
+
+def test_global_options_after_the_command(run: Run, tmp_path: Path) -> None:
+    home, other = str(tmp_path / "a"), str(tmp_path / "b")
+    device_id = ok(run("init", "--home", home)).strip()  # after the command: taken
+    assert ok(run("--home", home, "id", "--home", home)).strip() == device_id  # same: fine
+    assert ok(run("id", "--json", "--home", home)) == f'{{"device_id": "{device_id}"}}\n'
+    # Two different homes: neither is silently ignored.
+    fails(run("--home", other, "id", "--home", home), 2, "--home given twice")
+    fails(run("--socket", "/x/a.sock", "status", "--socket", "/x/b.sock"), 2, "--socket given")
+    assert not Path(other).exists()
