@@ -74,6 +74,10 @@ class Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
+_AFTER = "_after_command"
+"""The suffix of the destinations of the global options given after the command."""
+
+
 def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
     """``--home``, ``--socket``, ``--json``: documented before the command, tolerated after it."""
     default: Any = argparse.SUPPRESS if after else None
@@ -98,9 +102,6 @@ def _global_options(p: argparse.ArgumentParser, *, after: bool) -> None:
         default=argparse.SUPPRESS if after else False,
         help="machine-readable output",
     )
-
-
-_AFTER = "_after_command"
 
 
 def _merge_global_options(args: argparse.Namespace) -> None:
